@@ -1,0 +1,84 @@
+"""Encode captured residuals one SAE layer at a time into sparse per-row codes.
+
+Each captured row keeps two summaries per feature: its value at the last prompt position
+(`last`) and its mean over the row's kept generated positions (`gen`). Only non-zero entries
+are written, so a 32K-feature layer costs what its active features cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+
+from .sae import SAE
+
+
+class LayerQuality(NamedTuple):
+    """How well the SAE reconstructs the captured states of one layer."""
+
+    layer: int
+    fvu: float
+    l0: float
+    dead_fraction: float
+    positions: int
+
+
+def read_states(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states [rows, 1 + kept, d_model] fp16, kept generated positions per row)."""
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor("states"), f.get_tensor("n_positions")
+
+
+@torch.no_grad()
+def encode_parts(sae: SAE, parts: Sequence[tuple[str, str]], layer: int, chunk: int = 8192
+                 ) -> tuple[pd.DataFrame, LayerQuality]:
+    """Sparse codes of every (part name, state file), and the layer's reconstruction quality on
+    the unpatched parts (names starting with `baseline`): a patched state is off the SAE's
+    training distribution by construction, and would say more about the patch than the SAE."""
+    frames = []
+    err = tot = sq = 0.0
+    n_pos = 0
+    l0_sum = 0.0
+    ever = torch.zeros(sae.meta.d_sae, dtype=torch.bool, device=sae.W.device)
+    sums = torch.zeros(sae.meta.d_model, dtype=torch.float64)
+    for part, path in parts:
+        states, n_valid = read_states(path)
+        rows, width, d = states.shape
+        valid = torch.arange(width)[None, :] <= n_valid[:, None]  # position 0 is the prompt's last
+        last = torch.zeros(rows, sae.meta.d_sae)
+        gen = torch.zeros(rows, sae.meta.d_sae)
+        for r0 in range(0, rows, max(1, chunk // width)):
+            x = states[r0: r0 + max(1, chunk // width)].to(sae.W.device, torch.float32)
+            v = valid[r0: r0 + x.shape[0]].to(x.device)
+            f = sae.encode(x)
+            last[r0: r0 + x.shape[0]] = f[:, 0].cpu()
+            g = (f[:, 1:] * v[:, 1:, None]).sum(1) / v[:, 1:].sum(1, keepdim=True).clamp(min=1)
+            gen[r0: r0 + x.shape[0]] = g.cpu()
+            if not part.startswith("baseline"):
+                continue
+            rec = sae.decode(f)
+            xv = x[v]
+            err += float((xv - rec[v]).pow(2).sum())
+            sq += float(xv.pow(2).sum())
+            sums += xv.double().sum(0).cpu()
+            n_pos += int(v.sum())
+            l0_sum += float((f[v] > 0).sum())
+            ever |= (f[v] > 0).any(0)
+        nz = torch.nonzero((last != 0) | (gen != 0))
+        frames.append(pd.DataFrame({
+            "part": part, "row": nz[:, 0].numpy().astype(np.int32),
+            "feature": nz[:, 1].numpy().astype(np.int32),
+            "last": last[nz[:, 0], nz[:, 1]].numpy(), "gen": gen[nz[:, 0], nz[:, 1]].numpy()}))
+    mean = sums / max(1, n_pos)
+    tot = sq - n_pos * float(mean.pow(2).sum())  # total sum of squares about the mean
+    codes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["part", "row", "feature", "last", "gen"])
+    codes["part"] = codes["part"].astype("category")
+    quality = LayerQuality(layer, err / tot if tot > 0 else float("nan"), l0_sum / max(1, n_pos),
+                           float((~ever).float().mean()), n_pos)
+    return codes, quality

@@ -1,0 +1,27 @@
+"""User-facing errors: one line naming the file, the field and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Bad input from the user; its message is the whole report."""
+
+
+def fail(where: str, what: str, fix: str) -> NoReturn:
+    """Raise a UserError formatted as `where: what; fix`."""
+    raise UserError(f"{where}: {what}; {fix}")
+
+
+def run_cli(fn: Callable[[], T]) -> T:
+    """Run fn, turning a UserError into one line on stderr and exit status 2."""
+    try:
+        return fn()
+    except UserError as err:
+        print(f"pathreplay: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

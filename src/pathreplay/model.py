@@ -1,0 +1,48 @@
+"""Load a causal LM and its tokenizer from a hub id or a local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import fail
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is the GPU Snakemake's slot allocator (or SLURM) left visible, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("device", "cuda was asked for but no GPU is visible", "set device: auto or cpu")
+    return torch.device(device)
+
+
+def load_model(path: str, dtype: str = "float32", device: str = "auto",
+               trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model in eval mode, left-padding tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    local = Path(path).exists()
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype],
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        where = "a local folder" if local else "a hub id (is it downloaded, and HF_TOKEN set?)"
+        fail(f"model.path={path!r}", f"cannot load it as {where}: {str(e).splitlines()[0]}",
+             "point model.path at a folder with config.json, weights and tokenizer files")
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(dev).eval()
+    return model, tok
+
+
+def max_context(model: Any) -> int:
+    """The model's context length."""
+    return int(getattr(model.config, "max_position_embeddings", 1 << 30))

@@ -1,0 +1,135 @@
+"""What the replay will do: which features, on which prompts, under which conditions, and what
+the captures will cost, all decided before any GPU work."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from .config import Prompt
+from .errors import fail
+
+VALUE_COLUMNS = ("safe_value", "risky_value")
+_COND = re.compile(r"^\s*(?:(?P<k>[0-9]*\.?[0-9]+)\s*\*\s*)?(?P<col>[a-z_]+)\s*$")
+
+
+class Condition(NamedTuple):
+    """A patch target: `scale` times a value column of the feature table."""
+
+    name: str
+    column: str
+    scale: float
+
+
+def parse_conditions(names: Sequence[str], where: str = "replay.conditions") -> list[Condition]:
+    """Parse condition names such as `risky_value` or `2*safe_value`."""
+    out = []
+    for name in names:
+        m = _COND.match(name)
+        if not m or m.group("col") not in VALUE_COLUMNS:
+            fail(where, f"unknown condition {name!r}",
+                 f"name a value column ({', '.join(VALUE_COLUMNS)}) or a multiple like 2*risky_value")
+        out.append(Condition(name.replace(" ", ""), m.group("col"), float(m.group("k") or 1.0)))
+    return out
+
+
+def feature_name(layer: int, feature_id: int) -> str:
+    return f"L{int(layer)}-{int(feature_id)}"
+
+
+def select_features(table: pd.DataFrame, *, top_n: int, shard_size: int, sae_layers: Sequence[int],
+                    layers: Sequence[int] | None = None, labels: Sequence[str] | None = None,
+                    per_layer_cap: int | None = None, min_abs_d: float = 0.0) -> pd.DataFrame:
+    """Top features by |cohen_d| after the filters, with a rank and a shard each.
+
+    Features at the last SAE layer are left out: nothing downstream of them can be read."""
+    t = table.copy()
+    t = t[t["layer"] < max(sae_layers)]
+    if layers:
+        t = t[t["layer"].isin(layers)]
+    if labels:
+        t = t[t["label"].isin(labels)]
+    t = t[t["cohen_d"].abs() >= min_abs_d]
+    t = t.assign(abs_d=t["cohen_d"].abs()).sort_values(["abs_d", "layer", "feature_id"],
+                                                       ascending=[False, True, True])
+    if per_layer_cap:
+        t = t.groupby("layer", sort=False).head(per_layer_cap)
+    t = t.head(top_n).drop(columns="abs_d").reset_index(drop=True)
+    t.insert(0, "feature", [feature_name(a, b) for a, b in zip(t["layer"], t["feature_id"])])
+    t["rank"] = np.arange(len(t))
+    t["shard"] = [f"s{r // shard_size:03d}" for r in t["rank"]]
+    return t
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed derived from names, identical on every machine and Python run."""
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") & 0x7FFF_FFFF_FFFF
+
+
+def prompts_for_features(features: pd.DataFrame, prompts: Sequence[Prompt], k: int,
+                         strategy: str = "fixed", activations: Mapping[str, np.ndarray] | None = None
+                         ) -> pd.DataFrame:
+    """K prompts per feature, alternating between contexts so each is represented.
+
+    `fixed` takes prompts in file order; `top_activation` takes those where the feature is most
+    active at the last prompt position (activations: feature name -> one value per prompt)."""
+    by_ctx: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_ctx.setdefault(p.context, []).append(i)
+    rows = []
+    for feat in features["feature"]:
+        if strategy == "top_activation":
+            if activations is None:
+                raise ValueError("top_activation needs activations")
+            act = activations[feat]
+            order = {c: sorted(ix, key=lambda i: -act[i]) for c, ix in by_ctx.items()}
+        elif strategy == "fixed":
+            order = by_ctx
+        else:
+            fail("prompts.strategy", f"unknown strategy {strategy!r}", "use fixed or top_activation")
+        picked: list[int] = []
+        queues = [list(v) for v in order.values()]
+        while len(picked) < min(k, len(prompts)):
+            for q in queues:
+                if q and len(picked) < k:
+                    picked.append(q.pop(0))
+        rows += [{"feature": feat, "prompt_id": prompts[i].id, "context": prompts[i].context}
+                 for i in picked]
+    return pd.DataFrame(rows, columns=["feature", "prompt_id", "context"])
+
+
+class CaptureSpec(NamedTuple):
+    """Which generated positions to keep: all, the first k, or every stride-th."""
+
+    kind: str
+    k: int
+
+    @classmethod
+    def parse(cls, text: str) -> "CaptureSpec":
+        if text == "all":
+            return cls("all", 0)
+        m = re.fullmatch(r"(first|stride):(\d+)", text)
+        if not m or int(m.group(2)) < 1:
+            fail("replay.capture.generated", f"unknown value {text!r}", "use all, first:K or stride:K")
+        return cls(m.group(1), int(m.group(2)))
+
+    def positions(self, max_new_tokens: int) -> list[int]:
+        """Generated-token indices kept (token t's residual is read when it is fed back)."""
+        n = max(0, max_new_tokens - 1)  # the last sampled token is never fed back
+        idx = list(range(n))
+        if self.kind == "first":
+            return idx[: self.k]
+        if self.kind == "stride":
+            return idx[:: self.k]
+        return idx
+
+
+def capture_bytes(rows: int, positions: int, layers: int, d_model: int) -> int:
+    """fp16 bytes of the captured residuals: the last prompt position plus kept positions."""
+    return rows * (1 + positions) * layers * d_model * 2

@@ -1,0 +1,127 @@
+"""Replay trials: baseline and patched generations of the same prompts with the same seeds,
+capturing block outputs at the last prompt position and at kept generated positions."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .decision import parse_decision
+from .generate import generate
+from .patch import Interventions, Patch
+from .plan import CaptureSpec
+from .sae import SAE, Feature
+
+log = logging.getLogger(__name__)
+_FIXED = re.compile(r"1\)\s*Bet \$(\d+)\s*$", re.M)
+
+
+class Job(NamedTuple):
+    """One trial to run: a prompt, a seed, and the patch target (NaN: no patch)."""
+
+    prompt_id: str
+    context: str
+    text: str
+    condition: str
+    trial: int
+    seed: int
+    value: float = math.nan
+
+
+class ReplaySettings(NamedTuple):
+    """How trials are generated and what is kept."""
+
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    capture_layers: tuple[int, ...]
+    capture: CaptureSpec
+    parser: str = "first"
+    mode: str = "clamp"
+    positions: str = "exp2"
+    top_logits: int = 0
+
+
+class ReplayResult(NamedTuple):
+    """Trial records and the captured states per layer, [rows, 1 + kept positions, d_model] fp16."""
+
+    trials: pd.DataFrame
+    states: dict[int, torch.Tensor]
+
+
+def fixed_bet(prompt: str) -> int | None:
+    """The bet of a fixed-betting prompt ("1) Bet $10"); None for variable betting."""
+    m = _FIXED.search(prompt)
+    return int(m.group(1)) if m else None
+
+
+def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
+             feature: Feature | None = None, block: int | None = None, sae: SAE | None = None,
+             desc: str = "trials") -> ReplayResult:
+    """Run jobs in batches; all rows of a call share one patched feature (or none)."""
+    keep = s.capture.positions(s.max_new_tokens)
+    records: list[dict[str, Any]] = []
+    parts: dict[int, list[torch.Tensor]] = {b: [] for b in s.capture_layers}
+    for i in tqdm(range(0, len(jobs), s.batch_size), desc=desc, mininterval=5):
+        batch = jobs[i: i + s.batch_size]
+        patches = []
+        if feature is not None and block is not None:
+            values = torch.tensor([j.value for j in batch], dtype=torch.float32)
+            patches = [Patch(block, feature, values, s.mode, s.positions, sae)]
+        iv = Interventions(model, patches, s.capture_layers)
+        gen = generate(model, tok, [j.text for j in batch], [j.seed for j in batch],
+                       max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                       interventions=iv, top_logits=s.top_logits)
+        n_valid = torch.tensor([sum(1 for p in keep if p < int(n) - 1) for n in gen.lengths])
+        for b in s.capture_layers:
+            st = iv.states(b)  # [B, 1 + decode steps, d]
+            out = torch.zeros(len(batch), 1 + len(keep), st.shape[-1], dtype=torch.float16)
+            out[:, 0] = st[:, 0].half()
+            for k, p in enumerate(keep):
+                if 1 + p < st.shape[1]:
+                    out[:, 1 + k] = st[:, 1 + p].half()
+            mask = torch.arange(len(keep))[None, :] < n_valid[:, None]
+            out[:, 1:] *= mask[..., None].half()
+            parts[b].append(out)
+        fid = _fidelity(iv, len(batch))
+        for r, j in enumerate(batch):
+            d = parse_decision(gen.texts[r], s.parser, fixed_bet=fixed_bet(j.text))
+            rec = {**j._asdict(), "row": len(records), "n_tokens": int(gen.lengths[r]),
+                   "n_positions": int(n_valid[r]), "response": gen.texts[r], "action": d.action,
+                   "bet": d.bet, "valid": d.valid, "reason": d.reason, **{k: v[r] for k, v in fid.items()}}
+            if s.top_logits:
+                rec["top_tokens"] = [tok.decode([t]) for t in gen.top_ids[r].tolist()]
+                rec["top_logprobs"] = gen.top_logprobs[r].tolist()
+            records.append(rec)
+    trials = pd.DataFrame(records).drop(columns=["text"]) if records else pd.DataFrame()
+    states = {b: torch.cat(v) if v else torch.zeros(0) for b, v in parts.items()}
+    return ReplayResult(trials, states)
+
+
+def _fidelity(iv: Interventions, n: int) -> dict[str, list[float]]:
+    """Per row: the patched feature before/after the patch at the last prompt position, and the
+    mean after the patch over generated tokens (NaN where the row was not patched there)."""
+    before = [math.nan] * n
+    after = [math.nan] * n
+    gen_sum = torch.zeros(n)
+    gen_cnt = torch.zeros(n)
+    for rec in iv.readback:
+        sel = rec["selected"]
+        if rec["phase"] == "prefill":
+            rows = sel[:, -1]
+            for r in torch.nonzero(rows).flatten().tolist():
+                before[r] = float(rec["before"][r, -1])
+                after[r] = float(rec["after"][r, -1])
+        else:
+            rows = sel[:, 0] & ~torch.isnan(rec["target"])
+            gen_sum += torch.where(rows, rec["after"][:, 0], torch.zeros(n))
+            gen_cnt += rows.float()
+    gen = torch.where(gen_cnt > 0, gen_sum / gen_cnt.clamp(min=1), torch.full((n,), math.nan))
+    return {"value_before_last": before, "value_after_last": after, "value_after_generated": gen.tolist()}

@@ -1,0 +1,47 @@
+"""The lock-file slot allocator gives concurrent GPU jobs distinct devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+
+CHILD = """
+import os, sys, time
+sys.path.insert(0, {src!r})
+from pathreplay.gpu import acquire_device
+dev = acquire_device(wait_s=30)
+print(dev, time.time(), flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def _spawn(tmp_path, hold: float, extra_env=None):
+    env = {**os.environ, "PATHREPLAY_GPU_SLOTS": "2", "PATHREPLAY_LOCK_DIR": str(tmp_path)}
+    env.pop("SLURM_JOB_ID", None)
+    env.update(extra_env or {})
+    code = CHILD.format(src=str(ROOT / "src"))
+    return subprocess.Popen([sys.executable, "-c", code, str(hold)], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_two_concurrent_jobs_never_share_a_slot(tmp_path):
+    procs = [_spawn(tmp_path, 1.5) for _ in range(2)]
+    time.sleep(0.3)
+    third = _spawn(tmp_path, 0.0)
+    outs = [p.communicate(timeout=60)[0].split() for p in procs + [third]]
+    devs = [o[0] for o in outs[:2]]
+    assert sorted(devs) == ["0", "1"]
+    # the third waited for a slot to free up
+    assert float(outs[2][1]) >= min(float(o[1]) for o in outs[:2]) + 1.0
+
+
+def test_slurm_keeps_the_schedulers_device(tmp_path):
+    env = {**os.environ, "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "3", "PATHREPLAY_LOCK_DIR": str(tmp_path)}
+    env.pop("PATHREPLAY_GPU_SLOTS", None)
+    p = subprocess.run([sys.executable, "-c", CHILD.format(src=str(ROOT / "src")), "0"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.stdout.split()[0] == "3"
+    assert not list(tmp_path.glob("slot-*.lock"))

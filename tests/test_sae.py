@@ -1,0 +1,162 @@
+"""Each SAE format against values computed by hand on 2-dimensional weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_llamascope, write_saelens
+
+from pathreplay.errors import UserError
+from pathreplay.sae import check_hook, load_feature, load_sae, read_meta
+
+R2 = math.sqrt(2)
+S = R2 / 2  # sqrt(d_model) / avg_norm_in with d_model 2 and avg_norm_in 2
+
+
+@pytest.fixture
+def llamascope(tmp_path):
+    E = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    bE = [0.5, -1.0, 0.0]
+    D = [[2.0, 0.0, 1.0], [0.0, 1.0, 1.0]]  # [d_model, d_sae]: column norms 2, 1, sqrt(2)
+    bD = [0.4, -0.2]
+    return write_llamascope(tmp_path / "L5R", E, bE, D, bD, block=5, threshold=0.5, avg_norm=2.0)
+
+
+def test_llamascope_encode_decode_by_hand(llamascope):
+    sae = load_sae(llamascope, "llamascope", 5)
+    f = sae.encode(torch.tensor([[1.0, 2.0], [0.0, 0.3]]))
+    # pre_i = ||D_i|| (E_i . x + b_i / s)
+    want0 = [2 * (1 + 0.5 / S), 1 * (2 - 1 / S), R2 * 3]
+    # second row: pre = [2*(0.5/s), 0.3 - 1/s, sqrt(2)*0.3]; 0.424 < threshold 0.5 -> 0
+    want1 = [2 * (0.5 / S), 0.0, 0.0]
+    assert f[0].tolist() == pytest.approx(want0, rel=1e-6)
+    assert f[1].tolist() == pytest.approx(want1, rel=1e-6)
+    x_hat = sae.decode(f[:1])
+    # sum_i f_i D_i / ||D_i|| + b_D / s
+    want = [want0[0] + want0[2] / R2 + 0.4 / S, want0[1] + want0[2] / R2 - 0.2 / S]
+    assert x_hat[0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_llamascope_without_decoder_norm(tmp_path):
+    folder = write_llamascope(tmp_path / "L0R", [[1.0, 0.0]], [0.0], [[2.0], [0.0]], [0.0, 0.0],
+                              block=0, threshold=0.0, avg_norm=2.0, include_norm=False)
+    sae = load_sae(folder, "llamascope", 0)
+    f = sae.encode(torch.tensor([[3.0, 1.0]]))
+    assert f.item() == pytest.approx(3.0)
+    assert sae.decode(f)[0].tolist() == pytest.approx([6.0, 0.0])
+
+
+def test_feature_slice_matches_whole_sae(llamascope):
+    sae = load_sae(llamascope, "llamascope", 5)
+    x = torch.tensor([[1.0, 2.0], [-0.5, 0.7], [0.0, 0.3]])
+    for i in range(3):
+        feat = load_feature(llamascope, "llamascope", 5, i)
+        assert feat.value(x).tolist() == pytest.approx(sae.encode(x)[:, i].tolist(), rel=1e-6)
+        # one unit along the direction moves the pre-activation by exactly one
+        assert float(feat.pre(feat.direction) - feat.pre(torch.zeros(2))) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_feature_slice_reads_only_its_row(llamascope, monkeypatch):
+    from safetensors import safe_open
+
+    shapes = []
+    real = safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *a):
+            return self.f.__exit__(*a)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_slice(self, name):
+            sl = self.inner.get_slice(name)
+
+            class S:
+                def __getitem__(_, idx):
+                    t = sl[idx]
+                    shapes.append((name, tuple(t.shape)))
+                    return t
+            return S()
+
+    monkeypatch.setattr("pathreplay.sae.safe_open", Spy)
+    load_feature(llamascope, "llamascope", 5, 1)
+    assert ("encoder.weight", (1, 2)) in shapes and ("decoder.weight", (2, 1)) in shapes
+
+
+@pytest.mark.parametrize("arch,want", [("jumprelu", [1.1, 0.0]), ("standard", [1.1, 0.0])])
+def test_saelens_by_hand(tmp_path, arch, want):
+    folder = write_saelens(tmp_path / "s", [[1.0, -1.0], [2.0, 0.0]], [0.1, 0.2],
+                           [[1.0, 0.0], [0.5, 0.5]], [1.0, 1.0], block=3, architecture=arch,
+                           threshold=[0.5, 0.5] if arch == "jumprelu" else None)
+    sae = load_sae(folder, "saelens", 3)
+    # x - b_dec = [1, 0]; pre = [1*1 + 0.1, -1 + 0.2] = [1.1, -0.8]
+    f = sae.encode(torch.tensor([[2.0, 1.0]]))
+    assert f[0].tolist() == pytest.approx(want, rel=1e-6)
+    assert sae.decode(f)[0].tolist() == pytest.approx([2.1, 1.0], rel=1e-6)
+
+
+def test_saelens_jumprelu_threshold_cuts(tmp_path):
+    folder = write_saelens(tmp_path / "s", [[1.0], [0.0]], [0.0], [[1.0, 0.0]], [0.0, 0.0],
+                           block=0, architecture="jumprelu", threshold=[0.5], apply_b_dec=False)
+    sae = load_sae(folder, "saelens", 0)
+    assert sae.encode(torch.tensor([[0.4, 9.0], [0.6, 0.0]]))[:, 0].tolist() == pytest.approx([0.0, 0.6])
+
+
+def test_saelens_topk_by_hand(tmp_path):
+    folder = write_saelens(tmp_path / "s", [[1.0, 2.0, -1.0], [0.0, 0.0, 0.0]], [0.0, 0.0, 0.0],
+                           np.eye(3, 2).tolist(), [0.0, 0.0], block=1, architecture="topk",
+                           apply_b_dec=False, k=1)
+    sae = load_sae(folder, "saelens", 1)
+    assert sae.encode(torch.tensor([[1.0, 0.0]]))[0].tolist() == pytest.approx([0.0, 2.0, 0.0])
+
+
+def test_gemmascope_by_hand(tmp_path):
+    folder = tmp_path / "g"
+    folder.mkdir()
+    np.savez(folder / "params.npz", W_enc=np.array([[1.0, 0.0], [1.0, 1.0]], np.float32),
+             b_enc=np.array([0.0, -1.0], np.float32), threshold=np.array([0.5, 0.5], np.float32),
+             W_dec=np.array([[1.0, 0.0], [0.0, 2.0]], np.float32), b_dec=np.array([0.1, 0.1], np.float32))
+    sae = load_sae(folder, "gemmascope", 7)
+    # pre = x W_enc + b_enc with x = [0.3, 1]: [1.3, 1 - 1] = [1.3, 0]; no b_dec subtraction
+    f = sae.encode(torch.tensor([[0.3, 1.0]]))
+    assert f[0].tolist() == pytest.approx([1.3, 0.0], rel=1e-6)
+    assert sae.decode(f)[0].tolist() == pytest.approx([1.4, 0.1], rel=1e-6)
+    assert read_meta(folder, "gemmascope", 7).block == 7
+
+
+def test_hook_point_comes_from_metadata(llamascope, tmp_path):
+    meta = read_meta(llamascope, "llamascope", 5)
+    assert (meta.block, meta.hook, meta.d_sae) == (5, "blocks.5.hook_resid_post", 3)
+    with pytest.raises(UserError, match="reads 'blocks.5.hook_resid_post'.*fix saes.path"):
+        check_hook(meta, 6, "saes/L{layer}R")
+    pre = write_saelens(tmp_path / "p", [[1.0]], [0.0], [[1.0]], [0.0], block=4, architecture="standard")
+    cfg = json.loads((pre / "cfg.json").read_text())
+    cfg["hook_name"] = "blocks.4.hook_resid_pre"
+    (pre / "cfg.json").write_text(json.dumps(cfg))
+    assert read_meta(pre, "saelens", 3).block == 3  # resid_pre of block 4 is block 3's output
+
+
+def test_bad_sae_files_get_one_line(tmp_path, llamascope):
+    with pytest.raises(UserError, match="missing hyperparams.json"):
+        read_meta(tmp_path, "llamascope", 0)
+    hp = json.loads((llamascope / "hyperparams.json").read_text())
+    hp["hook_point_in"] = hp["hook_point_out"] = "blocks.5.hook_mlp_out"
+    (llamascope / "hyperparams.json").write_text(json.dumps(hp))
+    with pytest.raises(UserError, match="not a residual-stream hook"):
+        read_meta(llamascope, "llamascope", 5)
+    with pytest.raises(UserError, match="outside 0..2"):
+        hp["hook_point_in"] = hp["hook_point_out"] = "blocks.5.hook_resid_post"
+        (llamascope / "hyperparams.json").write_text(json.dumps(hp))
+        load_feature(llamascope, "llamascope", 5, 3)

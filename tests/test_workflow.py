@@ -1,0 +1,196 @@
+"""Snakemake on the embedded demo: the whole DAG, dry runs, faults and bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+# The demo config, shrunk so the whole DAG runs in a couple of minutes on 2 CPUs.
+SMALL = {
+    "exp1": {"games": 120, "max_rounds": 20, "batch_size": 120},
+    "screen": {"top_n": 8, "trials": 16},
+    "select": {"top_n": 4, "shard_size": 2, "labels": []},
+    "prompts": {"per_feature": 3},
+    "replay": {"trials": 6, "max_new_tokens": 8},
+}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, env: dict | None = None,
+              timeout: int = 1200) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["--directory", str(workdir)]
+    if config is not None:
+        cfg = workdir / "config.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(cfg)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """Snakemake's job stats table: rule -> count."""
+    counts = {}
+    for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M):
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("demo_run")
+    t0 = time.time()
+    r = snakemake(wd, "--cores", "2", config=SMALL)
+    assert r.returncode == 0, r.stderr[-4000:]
+    print(f"whole demo DAG (small config): {time.time() - t0:.0f} s")
+    return wd
+
+
+def test_dry_run_lists_jobs_and_capture_bytes(tmp_path):
+    r = snakemake(tmp_path, "-n", config=SMALL)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    for rule in ("exp1", "screen", "select_features", "select_prompts", "demo_figures", "all"):
+        assert rule in out
+    assert re.search(r"replay captures will write at most [\d,.]+ MiB", out)
+    assert not (tmp_path / "results").exists()
+
+
+def test_capture_plan_over_limit_is_refused(tmp_path):
+    cfg = {**SMALL, "replay": {**SMALL["replay"], "max_capture_gb": 0.0001}}
+    r = snakemake(tmp_path, "-n", config=cfg)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if "replay.max_capture_gb" in ln]
+    assert len(lines) == 1 and "GiB" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_rulegraph_renders(tmp_path):
+    r = snakemake(tmp_path, "--rulegraph", config=SMALL)
+    assert r.returncode == 0 and r.stdout.lstrip().startswith("digraph")
+    # before the selection checkpoints run, the graph ends at them and at what reads their plan
+    for rule in ("exp1", "screen", "select_features", "select_prompts", "encode", "pathways"):
+        assert f'label = "{rule}"' in r.stdout
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    r = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles" / "slurm"), config=SMALL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "exp1" in r.stdout + r.stderr
+
+
+def test_replay_jobs_listed_once_selection_ran(run):
+    r = snakemake(run, "-n", "--forcerun", "replay_baseline", "replay_patched", config=yaml.safe_load((run / "config.yaml").read_text()))
+    counts = job_counts(r.stdout)
+    assert counts["replay_patched"] == 2 and counts["replay_baseline"] == 3 and counts["effects"] == 4
+
+
+def test_whole_dag_outputs(run):
+    feats = pd.read_parquet(run / "results/exp1/features.parquet")
+    assert list(feats.columns) == ["layer", "feature_id", "cohen_d", "p_value", "safe_value",
+                                   "risky_value", "label", "source"]
+    assert set(feats["layer"]) == {0, 1, 2, 3} and feats["cohen_d"].notna().all()
+    screen = pd.read_parquet(run / "results/screen/features.parquet")
+    assert len(screen) == 8 and set(screen["label"]) <= {"safe", "risky", "neutral"}
+    sel = pd.read_csv(run / "results/features/selected.tsv", sep="\t")
+    assert len(sel) == 4 and sorted(sel["shard"].unique()) == ["s000", "s001"]
+    edges = pd.read_parquet(run / "results/pathways/edges.parquet")
+    assert (edges["q_value"] < 0.05).all() and (edges["delta"].abs() > 0.05).all()
+    assert (edges["target_layer"] > edges["source_layer"]).all()
+    beh = pd.read_parquet(run / "results/behavior/effects.parquet")
+    assert set(beh["condition"]) == {"safe_value", "risky_value", "10*safe_value", "10*risky_value"}
+    assert beh["stop_rate"].between(0, 1).all()
+    fid = pd.read_csv(run / "results/qc/patch_fidelity.tsv", sep="\t")
+    # Targets above the demo SAEs' threshold (0.2) read back exactly; below it a JumpReLU
+    # feature cannot hold the value, and the table shows it.
+    above = fid["target_value"] > 0.25
+    assert above.any() and (fid.loc[above, "abs_error"] < 1e-3).all()
+    q = pd.read_csv(run / "results/qc/sae_quality.tsv", sep="\t")
+    assert list(q["layer"]) == [0, 1, 2, 3] and (q["fvu"] < 0.3).all()
+    assert not list((run / "results").rglob("*.partial"))
+
+
+def test_placebo_discoveries_within_twice_alpha(run):
+    plac = pd.read_csv(run / "results/qc/placebo.tsv", sep="\t")
+    assert len(plac) == 4 and (plac["tests"] > 0).all()
+    assert (plac["discoveries"] > 0).mean() <= 2 * 0.05 + 1e-9
+
+
+def test_trial_tables_are_coupled(run):
+    base = pd.read_parquet(next((run / "results/replay/baseline").glob("*/trials.parquet")))
+    main = base[base["condition"] == "baseline"]
+    plac = base[base["condition"] == "placebo"]
+    assert len(main) == len(plac) == 6
+    assert set(main["seed"]).isdisjoint(plac["seed"])
+    patched = pd.read_parquet(run / "results/replay/patched/s000/trials.parquet")
+    mine = patched[patched["prompt_id"] == main["prompt_id"].iloc[0]]
+    assert set(mine["seed"]) == set(main["seed"])  # same seeds: coupled sampling
+
+
+def _job_pids(session: int, needle: str) -> list[int]:
+    """Processes of a session whose command line holds needle (the rule's script)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == session and needle in (d / "cmdline").read_text():
+                    pids.append(int(d.name))
+            except (OSError, ProcessLookupError):
+                continue
+    return pids
+
+
+def test_killed_shard_alone_reruns(run):
+    target = "results/replay/patched/s001/trials.parquet"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    # Back to the middle of a first run: shard s001 and everything after the replay not yet made.
+    for rel in ("results/replay/patched/s001", "results/encode", "results/effects", "results/pathways",
+                "results/behavior", "results/qc/placebo.tsv", "results/qc/patch_fidelity.tsv"):
+        p = run / rel
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    log = run / "results/logs/replay_patched/s001.log"
+    log.unlink()
+    cmd = SNAKEMAKE + ["--directory", str(run), "--configfile", str(run / "config.yaml"), "--cores", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and "patched" in log.read_text()):
+        time.sleep(0.2)
+    victims = _job_pids(proc.pid, "replay.py")
+    assert victims, "the replay job's process was not found"
+    for pid in victims:  # the job dies mid-run, as on an out-of-memory kill; Snakemake lives on
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert not (run / target).exists()
+    r = snakemake(run, "-n", config=cfg)
+    counts = job_counts(r.stdout)
+    assert counts.get("replay_patched") == 1
+    assert "replay_baseline" not in counts and "exp1" not in counts and "screen" not in counts
+    r = snakemake(run, "--cores", "2", config=cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / target).exists() and not list((run / "results").rglob("*.partial"))
+
+
+def test_bad_config_gets_one_line_before_any_job(tmp_path):
+    r = snakemake(tmp_path, "-n", config={"saes": {"layers": [0, 7]}})
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.splitlines() if "no SAE folder for layer 7" in ln]
+    assert len(err) == 1 and "saes.layers" in err[0]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_condition_refused_up_front(tmp_path):
+    r = snakemake(tmp_path, "-n", config={"replay": {"conditions": ["bankrupt_mean"]}})
+    assert r.returncode != 0
+    assert "replay.conditions: unknown condition 'bankrupt_mean'" in r.stderr

@@ -1,0 +1,28 @@
+# The embedded demo: rebuild it from scratch (not part of the default target: resources/demo/
+# is committed), and report its figures.
+
+
+rule build_demo:
+    output:
+        directory("results/demo_build"),
+    log:
+        "results/logs/build_demo.log",
+    params:
+        seed=config["seed"],
+    threads: 4  # capped at --cores
+    script:
+        "../scripts/build_demo.py"
+
+
+rule demo_figures:
+    output:
+        "results/qc/demo_figures.tsv",
+    log:
+        "results/logs/demo_figures.log",
+    params:
+        model=config["model"],
+        saes=config["saes"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/demo_figures.py"

@@ -1,0 +1,13 @@
+from pathreplay.demo import measure_figures
+from pathreplay.io import write_table
+from pathreplay.workflow import run_script
+
+
+def main(sm):
+    p = sm.params
+    table = measure_figures(p.model["path"], p.saes["path"], p.saes["layers"], p.saes["format"],
+                            seed=p.seed, device=p.device)
+    write_table(table, sm.output[0])
+
+
+run_script(snakemake, main)  # noqa: F821
