@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT
-from test_workflow import SMALL, job_counts
+from test_workflow import SMALL, job_counts, rewind_to_shard
 
 pytestmark = pytest.mark.slurm
 
@@ -96,7 +96,7 @@ def test_scancel_fails_only_its_shard_and_rerun_resubmits_it(runs, tmp_path):
     wd = tmp_path / "scancel"
     shutil.copytree(slurm_wd, wd, ignore=shutil.ignore_patterns(".snakemake"))
     target = "results/replay/patched/s001/trials.parquet"
-    (wd / target).unlink()
+    rewind_to_shard(wd, "s001")
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
          "--configfile", str(wd / "config.yaml"), "--profile", str(PROFILE), "--keep-going"],

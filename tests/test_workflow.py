@@ -138,6 +138,16 @@ def test_trial_tables_are_coupled(run):
     assert set(mine["seed"]) == set(main["seed"])  # same seeds: coupled sampling
 
 
+def rewind_to_shard(run: Path, shard: str) -> None:
+    """Back to the middle of a first run: the shard and everything after the replay not yet made.
+    (Snakemake does not remake a missing intermediate whose consumers are all up to date.)"""
+    for rel in (f"results/replay/patched/{shard}", "results/encode", "results/effects", "results/pathways",
+                "results/behavior", "results/qc/placebo.tsv", "results/qc/patch_fidelity.tsv",
+                f"results/logs/replay_patched/{shard}.log"):
+        p = run / rel
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def _job_pids(session: int, needle: str) -> list[int]:
     """Processes of a session whose command line holds needle (the rule's script)."""
     pids = []
@@ -154,13 +164,8 @@ def _job_pids(session: int, needle: str) -> list[int]:
 def test_killed_shard_alone_reruns(run):
     target = "results/replay/patched/s001/trials.parquet"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    # Back to the middle of a first run: shard s001 and everything after the replay not yet made.
-    for rel in ("results/replay/patched/s001", "results/encode", "results/effects", "results/pathways",
-                "results/behavior", "results/qc/placebo.tsv", "results/qc/patch_fidelity.tsv"):
-        p = run / rel
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    rewind_to_shard(run, "s001")
     log = run / "results/logs/replay_patched/s001.log"
-    log.unlink()
     cmd = SNAKEMAKE + ["--directory", str(run), "--configfile", str(run / "config.yaml"), "--cores", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300

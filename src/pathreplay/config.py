@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import fail
+from .io import iter_jsonl
 from .sae import SAEMeta, check_hook, read_meta, sae_dir
 
 
@@ -38,24 +38,17 @@ def read_prompts(path: str) -> list[Prompt]:
         fail(f"prompts.file={path!r}", "file not found", "point prompts.file at a JSONL file")
     out: list[Prompt] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                fail(f"{path}:{n}", f"not valid JSON ({e.msg})", "write one JSON object per line")
-            for key in ("id", "text", "context"):
-                if key not in rec:
-                    fail(f"{path}:{n}", f"field {key!r} missing", 'give every line {"id", "text", "context"}')
-            pid, text = str(rec["id"]), str(rec["text"])
-            if not text.strip():
-                fail(f"{path}:{n}", f"prompt {pid!r} is empty", "remove it or give it text")
-            if pid in seen:
-                fail(f"{path}:{n}", f"id {pid!r} appears twice", "give every prompt its own id")
-            seen.add(pid)
-            out.append(Prompt(pid, text, str(rec["context"])))
+    for n, rec in iter_jsonl(path, "prompt"):
+        for key in ("id", "text", "context"):
+            if key not in rec:
+                fail(f"{path}:{n}", f"field {key!r} missing", 'give every line {"id", "text", "context"}')
+        pid, text = str(rec["id"]), str(rec["text"])
+        if not text.strip():
+            fail(f"{path}:{n}", f"prompt {pid!r} is empty", "remove it or give it text")
+        if pid in seen:
+            fail(f"{path}:{n}", f"id {pid!r} appears twice", "give every prompt its own id")
+        seen.add(pid)
+        out.append(Prompt(pid, text, str(rec["context"])))
     if not out:
         fail(f"prompts.file={path!r}", "no prompts", "add at least one line")
     return out

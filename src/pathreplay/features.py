@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pathreplay.errors import fail
+from pathreplay.io import iter_jsonl
 
 CANONICAL: tuple[str, ...] = (
     "layer", "feature_id", "cohen_d", "p_value", "safe_value", "risky_value", "label", "source",
@@ -71,20 +72,9 @@ def _load_json(path: Path, where: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(data)
 
 
-def _load_jsonl(path: Path, where: str) -> pd.DataFrame:
+def _load_jsonl(path: Path) -> pd.DataFrame:
     """Records from a JSON-lines file, one object per non-empty line."""
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            fail(f"{where} line {n}", f"not valid JSON ({err.msg})", "fix or remove that line")
-        if not isinstance(rec, dict):
-            fail(f"{where} line {n}", "not a JSON object", "write one object per feature per line")
-        rows.append(rec)
-    return pd.DataFrame.from_records(rows)
+    return pd.DataFrame.from_records([rec for _, rec in iter_jsonl(path, "feature")])
 
 
 def _load(path: Path, where: str) -> pd.DataFrame:
@@ -101,7 +91,7 @@ def _load(path: Path, where: str) -> pd.DataFrame:
         if suffix == ".json":
             return _load_json(path, where)
         if suffix in (".jsonl", ".ndjson"):
-            return _load_jsonl(path, where)
+            return _load_jsonl(path)
         return pd.read_parquet(path)
     except (ValueError, OSError) as err:  # pandas, json and pyarrow parse errors all land here
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -78,6 +78,23 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t")
 
 
+def iter_jsonl(path: str | os.PathLike[str], what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-empty line; a bad line is one UserError."""
+    from .errors import fail
+
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                fail(f"{path} line {n}", f"not valid JSON ({err.msg})", f"write one JSON object per {what} per line")
+            if not isinstance(rec, dict):
+                fail(f"{path} line {n}", "not a JSON object", f"write one JSON object per {what} per line")
+            yield n, rec
+
+
 def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     _write_with(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 

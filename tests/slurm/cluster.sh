@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A one-node SLURM for the `slurm` test tier: two fake GPU devices, no accounting.
+# A one-node SLURM for the `slurm` test tier: two fake GPU devices, no accounting. It writes
+# /etc/slurm/slurm.conf and gres.conf (meant for CI machines and throwaway boxes).
 #   tests/slurm/cluster.sh install   apt packages (slurm-wlm, munge)
 #   tests/slurm/cluster.sh start DIR state, config and logs under DIR; prints the env to export
 #   tests/slurm/cluster.sh stop DIR  stops the daemons by their pid files
@@ -55,7 +56,10 @@ NodeName=$host CPUs=$cpus RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 echo "NodeName=$host Name=gpu File=$dir/dev/nvidia[0-1]" > "$dir/gres.conf"
-export SLURM_CONF="$dir/slurm.conf"
+# Job steps (srun inside a job) read the default path, not the submitter's SLURM_CONF.
+mkdir -p /etc/slurm
+cp "$dir/slurm.conf" "$dir/gres.conf" /etc/slurm/
+export SLURM_CONF=/etc/slurm/slurm.conf
 
 # munged: Debian's package made /etc/munge/munge.key; run it as the munge user.
 mkdir -p /run/munge && chown munge:munge /run/munge
