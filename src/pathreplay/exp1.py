@@ -62,7 +62,7 @@ def play_games(model: Any, tok: Any, layers: list[int], *, games: int, max_round
                            max_new_tokens=max_new_tokens, temperature=temperature,
                            interventions=iv, stop_ids=stop_ids)
             for b in layers:
-                final[b][rows] = iv.captured[b][0][:, -1].float()
+                final[b][rows] = iv.captured[b][0][:, -1].float().cpu()
             for g, text in zip(rows, gen.texts):
                 s = states[g]
                 fixed = game.FIXED_BET if s.betting == "fixed" else None

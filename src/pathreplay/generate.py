@@ -64,8 +64,12 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], *,
              max_new_tokens: int, temperature: float,
              interventions: Interventions | None = None,
-             stop_ids: torch.Tensor | None = None, top_logits: int = 0) -> Generation:
-    """Generate up to max_new_tokens per prompt; rows stop at a stop token (default EOS)."""
+             stop_ids: torch.Tensor | None = None, top_logits: int = 0,
+             engine: Any = None, prefill_chunk: int = 0) -> Generation:
+    """Generate up to max_new_tokens per prompt; rows stop at a stop token (default EOS).
+
+    With `engine` (an engine.Engine) the forward passes run on its static cache and apply the
+    interventions between blocks; without, on the model with a dynamic cache and hooks."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -75,20 +79,25 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence
     stop = (stop_ids if stop_ids is not None else stop_token_ids(tokenizer, None)).to(device)
     pad = tokenizer.pad_token_id
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if engine is None else None
     out = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     step_ids, step_pos = ids, pos
-    ctx = interventions.active() if interventions is not None else None
+    ctx = interventions.active() if interventions is not None and engine is None else None
     if ctx is not None:
         ctx.__enter__()
     try:
         for t in range(max_new_tokens):
             if interventions is not None:
                 interventions.phase = "prefill" if t == 0 else "decode"
-            logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                           cache=cache, use_cache=True).logits[:, -1]
+            if engine is None:
+                logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                               cache=cache, use_cache=True).logits[:, -1]
+            elif t == 0:
+                logits = engine.prefill(step_ids, mask, interventions, prefill_chunk)
+            else:
+                logits = engine.step(step_ids, step_pos, interventions)
             if t == 0:
                 top = torch.log_softmax(logits.float(), -1).topk(top_logits, dim=-1)
             nxt = sample(logits.float(), u[:, t], temperature)

@@ -87,7 +87,7 @@ class Interventions:
         self.patches = list(patches)
         self.capture_blocks = sorted(set(capture))
         self.capture_prompt = capture_prompt  # "last" | "all"
-        self.phase = "prefill"
+        self.phase = "prefill"  # | "chunk" (a prompt chunk before the last) | "decode"
         self.captured: dict[int, list[torch.Tensor]] = {b: [] for b in self.capture_blocks}
         self.readback: list[dict[str, torch.Tensor]] = []  # per patch call: before/after/selected
         for p in self.patches:
@@ -100,31 +100,38 @@ class Interventions:
         sel = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
         if self.phase == "decode" or p.positions == "all":
             sel[:] = True
-        elif p.positions == "exp2":
+        elif p.positions == "exp2" and self.phase == "prefill":
             sel[:, -1] = True  # prompts are left-padded: the last column is every row's last token
         return sel
 
+    def patch(self, block: int, h: torch.Tensor) -> torch.Tensor:
+        """Apply this block's patches to its output h [batch, seq, d_model]; record the readback."""
+        for p in self.patches:
+            if p.block != block:
+                continue
+            sel = self._selected(p, h)
+            if sel.any():
+                h, before = _apply(p, h, sel)
+                self.readback.append({"phase": self.phase, "before": before.detach(),
+                                      "after": p.feature.value(h.float()).detach(),
+                                      "selected": sel, "target": p.values.float()})
+        return h
+
+    def capture(self, block: int, h: torch.Tensor) -> None:
+        """Keep block's output (after any patch) at the positions asked for."""
+        if block in self.captured and (self.phase != "chunk" or self.capture_prompt == "all"):
+            keep = h if (self.phase == "decode" or self.capture_prompt == "all") else h[:, -1:]
+            self.captured[block].append(keep.detach().clone())
+
     def _patch_hook(self, block: int):
         def hook(module: torch.nn.Module, args: tuple, output: object) -> object:
-            h = output[0] if isinstance(output, tuple) else output
-            assert isinstance(h, torch.Tensor)
-            for p in self.patches:
-                if p.block != block:
-                    continue
-                sel = self._selected(p, h)
-                if sel.any():
-                    h, before = _apply(p, h, sel)
-                    self.readback.append({"phase": self.phase, "before": before.cpu(),
-                                          "after": p.feature.value(h.float()).cpu(),
-                                          "selected": sel.cpu(), "target": p.values.float().cpu()})
+            h = self.patch(block, output[0] if isinstance(output, tuple) else output)
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
         return hook
 
     def _capture_hook(self, block: int):
         def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
-            h = output[0] if isinstance(output, tuple) else output
-            keep = h if (self.phase == "decode" or self.capture_prompt == "all") else h[:, -1:]
-            self.captured[block].append(keep.detach().to("cpu", copy=True))
+            self.capture(block, output[0] if isinstance(output, tuple) else output)
         return hook
 
     @contextmanager
@@ -146,5 +153,5 @@ class Interventions:
                 hnd.remove()
 
     def states(self, block: int) -> torch.Tensor:
-        """Captured outputs of `block`: [batch, positions, d_model] (prompt part first)."""
-        return torch.cat(self.captured[block], dim=1)
+        """Captured outputs of `block` on the CPU: [batch, positions, d_model] (prompt part first)."""
+        return torch.cat(self.captured[block], dim=1).cpu()

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from .decision import parse_decision
+from .engine import Engine, supports
 from .generate import generate
 from .patch import Interventions, Patch
 from .plan import CaptureSpec
@@ -47,6 +48,7 @@ class ReplaySettings(NamedTuple):
     mode: str = "clamp"
     positions: str = "exp2"
     top_logits: int = 0
+    engine: str = "auto"  # auto: the static-cache engine where the architecture allows; hooks
 
 
 class ReplayResult(NamedTuple):
@@ -67,6 +69,10 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
              desc: str = "trials") -> ReplayResult:
     """Run jobs in batches; all rows of a call share one patched feature (or none)."""
     keep = s.capture.positions(s.max_new_tokens)
+    eng = None
+    if s.engine == "auto" and supports(model) and jobs:
+        longest = max(len(tok(t)["input_ids"]) for t in {j.text for j in jobs})
+        eng = Engine(model, min(s.batch_size, len(jobs)), longest + s.max_new_tokens)
     records: list[dict[str, Any]] = []
     parts: dict[int, list[torch.Tensor]] = {b: [] for b in s.capture_layers}
     for i in tqdm(range(0, len(jobs), s.batch_size), desc=desc, mininterval=5):
@@ -78,7 +84,7 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
         iv = Interventions(model, patches, s.capture_layers)
         gen = generate(model, tok, [j.text for j in batch], [j.seed for j in batch],
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                       interventions=iv, top_logits=s.top_logits)
+                       interventions=iv, top_logits=s.top_logits, engine=eng)
         n_valid = torch.tensor([sum(1 for p in keep if p < int(n) - 1) for n in gen.lengths])
         for b in s.capture_layers:
             st = iv.states(b)  # [B, 1 + decode steps, d]
@@ -112,7 +118,7 @@ def _fidelity(iv: Interventions, n: int) -> dict[str, list[float]]:
     after = [math.nan] * n
     gen_sum = torch.zeros(n)
     gen_cnt = torch.zeros(n)
-    for rec in iv.readback:
+    for rec in ({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in r.items()} for r in iv.readback):
         sel = rec["selected"]
         if rec["phase"] == "prefill":
             rows = sel[:, -1]

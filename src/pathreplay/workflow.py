@@ -87,10 +87,11 @@ def replay_settings(params: Any, section: str = "replay") -> Any:
     if section == "screen":
         s = params.screen
         return ReplaySettings(s["max_new_tokens"], r["temperature"], r["batch_size"], (),
-                              CaptureSpec("first", 0), params.parser, r["mode"], r["positions"], 0)
+                              CaptureSpec("first", 0), params.parser, r["mode"], r["positions"], 0,
+                              r["engine"])
     return ReplaySettings(r["max_new_tokens"], r["temperature"], r["batch_size"],
                           tuple(params.saes["layers"]), CaptureSpec.parse(r["capture"]["generated"]),
-                          params.parser, r["mode"], r["positions"], r["top_logits"])
+                          params.parser, r["mode"], r["positions"], r["top_logits"], r["engine"])
 
 
 def feature_slices(saes: dict[str, Any], table: Any, device: Any) -> dict[str, tuple[int, Any]]:

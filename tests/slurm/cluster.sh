@@ -19,11 +19,17 @@ dir=$(realpath -m "${2:?state folder}")
 host=$(hostname -s)
 
 if [ "$cmd" = stop ]; then
+  pids=()
   for d in slurmd slurmctld munged; do
     pidf="$dir/$d.pid"
-    [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null || true
+    if [ -f "$pidf" ]; then pids+=("$(cat "$pidf")"); kill "${pids[-1]}" 2>/dev/null || true; fi
   done
-  sleep 1
+  for _ in $(seq 1 30); do  # wait until they are gone, so a new cluster can bind the ports
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.5
+  done
   exit 0
 fi
 

@@ -1,15 +1,10 @@
-"""Snakemake script: merge the word-effect shards into the table, the JSON and the plots."""
-
 import logging
 
-from pathreplay.errors import run_cli
 from pathreplay.words import merge_shards, words_config
+from pathreplay.workflow import run_script
 
-sm = snakemake  # type: ignore[name-defined]  # noqa: F821 (injected by Snakemake)
 
-
-def main() -> None:
-    logging.basicConfig(filename=sm.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+def main(sm):
     cfg = words_config(sm.config.get("words"))
     effects = merge_shards(list(sm.input), cfg, sm.output.effects, sm.output.json, sm.output.plots)
     significant = int((effects.q_value < cfg.alpha).sum())
@@ -17,4 +12,4 @@ def main() -> None:
                  effects[["layer", "feature_id"]].drop_duplicates().shape[0])
 
 
-run_cli(main)
+run_script(snakemake, main)  # noqa: F821

@@ -1,16 +1,12 @@
-"""Snakemake script: word effects of the features hashed into one shard."""
-
 import logging
 
-from pathreplay.errors import fail, run_cli
+from pathreplay.errors import fail
 from pathreplay.io import write_table
 from pathreplay.words import run_shard, words_config
+from pathreplay.workflow import run_script
 
-sm = snakemake  # type: ignore[name-defined]  # noqa: F821 (injected by Snakemake)
 
-
-def main() -> None:
-    logging.basicConfig(filename=sm.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+def main(sm):
     cfg = words_config(sm.config.get("words"))
     logs = list(sm.params.logs)
     if not logs:
@@ -21,4 +17,4 @@ def main() -> None:
     logging.info("shard %d of %d: %d tested rows from %d log files", shard, cfg.shards, len(effects), len(logs))
 
 
-run_cli(main)
+run_script(snakemake, main)  # noqa: F821

@@ -1,0 +1,204 @@
+"""Replay throughput: Hugging Face `generate` with patch and capture hooks vs pathreplay's engine.
+
+On a randomly initialised model of the chosen shape (throughput does not depend on the weights),
+both generate `--new` tokens per row after a `--prompt`-token prompt with one feature clamped at
+a middle block and every block's output captured at every generated token. Also: the floor
+(weights read once per step at the measured copy bandwidth, or 2 x params FLOPs per token at the
+measured matmul rate, whichever is slower) and the encode rate of one 32K-feature SAE layer.
+
+    PYTHONPATH=src python benchmarks/replay_throughput.py --shape demo --device cpu --batch 16
+    PYTHONPATH=src python benchmarks/replay_throughput.py --shape llama-3.1-8b --device cuda \\
+        --batch 16 64 128 --json benchmarks/h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from pathreplay.engine import Engine
+from pathreplay.generate import generate
+from pathreplay.patch import Interventions, Patch
+from pathreplay.sae import SAE, Feature, SAEMeta
+
+SHAPES = {
+    "demo": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=640, max_position_embeddings=512),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         max_position_embeddings=131072, rope_theta=500000.0,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+
+
+class _Tok:
+    """The least of a tokenizer `generate` needs, for random token prompts."""
+
+    pad_token_id = 0
+    eos_token_id = -1  # never sampled: every row runs the full length
+
+    def __init__(self, vocab: int, prompt: int) -> None:
+        self.vocab, self.prompt = vocab, prompt
+
+    def __call__(self, texts, return_tensors=None, padding=None):
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, self.vocab, (len(texts), self.prompt), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def __len__(self) -> int:
+        return self.vocab
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return ""
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_of(shape: str, dev: torch.device, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlamaForCausalLM(cfg).eval()
+        finally:
+            torch.set_default_dtype(old)
+    return model
+
+
+def feature_of(model) -> Feature:
+    d = model.config.hidden_size
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(d, generator=g) / math.sqrt(d)
+    dev = next(model.parameters()).device
+    return Feature(0, w.to(dev), 0.0, 0.0, (w / w.norm() ** 2 * 1.0).to(dev))
+
+
+def hf_generate(model, batch, prompt, new, patches, capture) -> float:
+    """(a): transformers' generate, with the patch and capture as forward hooks."""
+    dev = next(model.parameters()).device
+    ids = torch.randint(1, model.config.vocab_size, (batch, prompt), device=dev)
+    iv = Interventions(model, patches, capture)
+    flip = model.register_forward_pre_hook(
+        lambda m, a, k: setattr(iv, "phase", "prefill" if k["input_ids"].shape[1] > 1 else "decode"),
+        with_kwargs=True)
+    sync(dev)
+    t0 = time.perf_counter()
+    with iv.active():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
+                       max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+    sync(dev)
+    flip.remove()
+    return time.perf_counter() - t0
+
+
+def engine_generate(model, batch, prompt, new, patches, capture) -> float:
+    """(b): pathreplay's engine through the same generate loop the replay uses."""
+    dev = next(model.parameters()).device
+    eng = Engine(model, batch, prompt + new)
+    iv = Interventions(model, patches, capture)
+    sync(dev)
+    t0 = time.perf_counter()
+    generate(model, _Tok(model.config.vocab_size, prompt), [""] * batch, list(range(batch)),
+             max_new_tokens=new, temperature=0.7, interventions=iv, engine=eng, prefill_chunk=512)
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+def floor_tok_per_s(model, batch: int, dev: torch.device, dtype: torch.dtype) -> float:
+    """Batch / max(weights / copy bandwidth, 2 x params x batch / matmul rate)."""
+    n = 4096 if dev.type == "cuda" else 1024
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(dev)
+    t0 = time.perf_counter()
+    reps = 20 if dev.type == "cuda" else 3
+    for _ in range(reps):
+        a @ b
+    sync(dev)
+    flops = 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    buf = torch.empty(256 * 2 ** 20 // 2, device=dev, dtype=torch.float16)
+    out = torch.empty_like(buf)
+    out.copy_(buf)
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out.copy_(buf)
+    sync(dev)
+    bw = 2 * buf.numel() * 2 * reps / (time.perf_counter() - t0)  # read + write
+    params = sum(p.numel() for p in model.parameters())
+    step = max(params * buf.element_size() * (2 if dtype == torch.float32 else 1) / bw,
+               2 * params * batch / flops)
+    return batch / step
+
+
+def encode_rate(dev: torch.device, d_model: int, d_sae: int = 32768, rows: int = 8192) -> float:
+    """Rows/s of encode + top-k through one SAE layer held on the device."""
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(d_sae, d_model, generator=g) / math.sqrt(d_model)
+    meta = SAEMeta("bench", None, d_model, d_sae, "blocks.0.hook_resid_post", 0, "jumprelu", None)
+    sae = SAE(meta, W, torch.zeros(d_sae), torch.full((d_sae,), 0.1), W.clone(), torch.zeros(d_model)).to(dev)
+    x = torch.randn(rows, d_model, device=dev)
+    sae.encode(x[:64])
+    sync(dev)
+    t0 = time.perf_counter()
+    f = sae.encode(x)
+    f.topk(64, dim=-1)
+    sync(dev)
+    return rows / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="demo")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--batch", type=int, nargs="+", default=[16])
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model = model_of(args.shape, dev, dtype)
+    n_layers = model.config.num_hidden_layers
+    feat = feature_of(model)
+    rows = []
+    print(f"{args.shape} on {args.device} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}), "
+          f"prompt {args.prompt}, {args.new} new tokens, clamp at block {n_layers // 2}, capture all {n_layers} blocks")
+    print(f"{'batch':>5} {'generate+hooks':>15} {'engine':>10} {'ratio':>6} {'floor':>10} {'of floor':>8} {'peak GB':>8}")
+    for batch in args.batch:
+        patches = [Patch(n_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "all")]
+        tok_a = batch * args.new / hf_generate(model, batch, args.prompt, args.new, patches, range(n_layers))
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        engine_generate(model, batch, args.prompt, min(args.new, 4), patches, range(n_layers))  # warm-up
+        tok_b = batch * args.new / engine_generate(model, batch, args.prompt, args.new, patches, range(n_layers))
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else float("nan")
+        floor = floor_tok_per_s(model, batch, dev, dtype)
+        rows.append({"batch": batch, "engine_tok_per_s": tok_b, "generate_tok_per_s": tok_a,
+                     "floor_tok_per_s": floor, "peak_mem_gb": peak})
+        print(f"{batch:>5} {tok_a:>15,.0f} {tok_b:>10,.0f} {tok_b / tok_a:>6.2f} {floor:>10,.0f} "
+              f"{tok_b / floor:>8.1%} {peak:>8.2f}")
+    rate = encode_rate(dev, model.config.hidden_size)
+    print(f"encode + top-k, one 32K-feature layer, 8,192 rows: {rate:,.0f} rows/s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"shape": args.shape, "device": args.device, "rows": rows,
+                       "encode_rows_per_s": rate}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
