@@ -91,7 +91,7 @@ def main() -> None:
         trials, t_count, t_total, rows, sig = queue.get()
         proc.join()
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"| trials | input MiB | count trials/s | total trials/s | total s | peak RSS MiB | rows tested | q<0.05 |")
+    print("| trials | input MiB | count trials/s | total trials/s | total s | peak RSS MiB | rows tested | q<0.05 |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {trials:,} | {size:,.0f} | {trials / t_count:,.0f} | {trials / t_total:,.0f} | {t_total:,.1f} "
           f"| {peak:,.0f} | {rows:,} | {sig:,} |")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import game, players
 from .decision import parse_decision
-from .generate import generate, stop_token_ids
+from .generate import generate
 from .io import atomic_dir, write_json, write_tensors
 from .patch import Interventions
 from .sae import load_sae
@@ -274,9 +274,10 @@ def demo_prompts(seed: int, n_states: int = 22) -> list[dict[str, str]]:
 
 
 def measure_figures(model_path: str, sae_template: str, layers: list[int], fmt: str = "llamascope",
-                    *, seed: int = 0, device: str = "auto", samples: int = 200) -> "pd.DataFrame":
+                    *, seed: int = 0, device: str = "auto", samples: int = 200) -> Any:
     """Re-measure the demo's figures: decisions on the Exp2 prompts, and SAE FVU/L0 per layer on
-    held-out game prompts (BOS excluded). Build time comes from figures.json when present."""
+    held-out game prompts (BOS excluded). Build time comes from figures.json when present.
+    Returns a DataFrame (figure, where, value)."""
     import pandas as pd
 
     from .model import load_model

@@ -97,16 +97,18 @@ def replay_settings(params: Any, section: str = "replay") -> Any:
 def feature_slices(saes: dict[str, Any], table: Any, device: Any) -> dict[str, tuple[int, Any]]:
     """name -> (block, feature slice) for every row of a table with layer and feature_id."""
     from .errors import fail
+    from .plan import feature_name
     from .sae import load_feature, sae_dir
 
     out = {}
     for row in table.itertuples():
         layer = int(row.layer)
+        name = feature_name(layer, row.feature_id)
         feat = load_feature(sae_dir(saes["path"], layer), saes["format"], layer, int(row.feature_id), device)
         if feat.gain < 0.05:
             # Moving along the decoder row barely moves (or lowers) what the encoder reads: a clamp
             # along it would need an enormous step. This is a broken or mismatched SAE.
-            fail(f"saes.path={saes['path']!r}", f"feature L{layer}-{int(row.feature_id)}'s encoder reads its "
-                 f"own decoder row at gain {feat.gain:.3g}", "check saes.format and the SAE files")
-        out[f"L{layer}-{int(row.feature_id)}"] = (layer, feat)
+            fail(f"saes.path={saes['path']!r}", f"feature {name}'s encoder reads its own decoder row at "
+                 f"gain {feat.gain:.3g}", "check saes.format and the SAE files")
+        out[name] = (layer, feat)
     return out
