@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import DEMO, ROOT
 
-from pathreplay.config import check_config, read_prompts, resolve
+from pathreplay.config import Prompt, check_config, read_prompts, resolve
 from pathreplay.errors import UserError
 
 BASE = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -73,3 +73,14 @@ def test_duplicate_prompt_ids_refused(tmp_path):
     f.write_text(rec + "\n" + rec + "\n")
     with pytest.raises(UserError, match="appears twice"):
         read_prompts(str(f))
+
+
+def test_prompt_longer_than_context_refused_before_gpu_work():
+    from pathreplay.model import check_prompt_lengths
+
+    long = Prompt("long", "Round 1: Bet $10, Win, Balance $120\n" * 60, "safe")
+    with pytest.raises(UserError, match=r"prompt 'long' has \d+ tokens; .* context of 512.*shorten"):
+        check_prompt_lengths([long], "p.jsonl", str(DEMO / "model"), 12)
+    with pytest.raises(UserError, match="cannot name a file"):
+        check_prompt_lengths([Prompt("a/b", "x", "safe")], "p.jsonl", str(DEMO / "model"), 12)
+    check_prompt_lengths([Prompt("ok", "Choice: ", "safe")], "p.jsonl", str(DEMO / "model"), 12)

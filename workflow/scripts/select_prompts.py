@@ -1,40 +1,21 @@
 import logging
-import re
 
 import numpy as np
 import pandas as pd
 
 from pathreplay.config import read_prompts
-from pathreplay.errors import fail
 from pathreplay.io import write_table
+from pathreplay.model import check_prompt_lengths
 from pathreplay.plan import prompts_for_features
 from pathreplay.workflow import feature_slices, open_model, run_script
-
-SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def check_lengths(prompts, path, model_cfg, max_new_tokens, trust_remote_code):
-    """Refuse prompts the model cannot hold with their generation, before any GPU work."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_cfg["path"], trust_remote_code=trust_remote_code)
-    ctx = getattr(AutoConfig.from_pretrained(model_cfg["path"], trust_remote_code=trust_remote_code),
-                  "max_position_embeddings", None)
-    for q in prompts:
-        if not SAFE_ID.match(q.id):
-            fail(path, f"prompt id {q.id!r} cannot name a file", "use letters, digits, '_', '-' and '.' only")
-        n = len(tok(q.text)["input_ids"])
-        if ctx and n + max_new_tokens > ctx:
-            fail(path, f"prompt {q.id!r} has {n} tokens; with replay.max_new_tokens {max_new_tokens} it "
-                 f"exceeds the model's context of {ctx}", "shorten the prompt or lower replay.max_new_tokens")
 
 
 def main(sm):
     p = sm.params
     selected = pd.read_csv(sm.input.selected, sep="\t")
     prompts = read_prompts(p.prompts["file"])
-    check_lengths(prompts, p.prompts["file"], p.model, p.replay["max_new_tokens"],
-                  p.model.get("trust_remote_code", False))
+    check_prompt_lengths(prompts, p.prompts["file"], p.model["path"], p.replay["max_new_tokens"],
+                         p.model.get("trust_remote_code", False))
     activations = None
     if p.prompts["strategy"] == "top_activation" and len(selected):
         from pathreplay.generate import encode_prompts
