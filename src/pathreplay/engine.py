@@ -28,6 +28,9 @@ class Engine:
     """Static-cache forward passes for up to `batch` rows of up to `max_len` tokens."""
 
     def __init__(self, model: Any, batch: int, max_len: int) -> None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        self._rope = apply_rotary_pos_emb
         cfg = model.config
         self.model, self.layers = model, decoder_layers(model)
         p = next(model.parameters())
@@ -46,23 +49,28 @@ class Engine:
         self.keys.zero_()
         self.keys[: key_mask.shape[0], : key_mask.shape[1]] = key_mask.bool()
 
-    def _attention(self, i: int, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                   ) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    def _mask(self, B: int, s: int, device: torch.device) -> torch.Tensor:
+        """[B, 1, s, filled + s] keys each new query may read: causal, no padding, only the
+        filled columns. The same for every block of a step, so it is built once per step."""
+        end = self.filled + s
+        causal = torch.ones(s, end, dtype=torch.bool, device=device).tril(self.filled)
+        mask = causal[None, None] & self.keys[:B, None, None, :end]
+        # a padding query sees at least itself, so no row is all -inf (NaN would reach the cache)
+        diag = torch.arange(s, device=device)
+        mask[..., diag, self.filled + diag] = True
+        return mask
 
+    def _attention(self, i: int, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
         B, s, _ = x.shape
         q = attn.q_proj(x).view(B, s, -1, self.hd).transpose(1, 2)
         k = attn.k_proj(x).view(B, s, -1, self.hd).transpose(1, 2)
         v = attn.v_proj(x).view(B, s, -1, self.hd).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = self._rope(q, k, cos, sin)
         end = self.filled + s
         self.k[i, :B, :, self.filled: end] = k
         self.v[i, :B, :, self.filled: end] = v
         # Only the filled columns, and no repeat of the KV heads: SDPA reads them grouped.
-        causal = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(self.filled)
-        mask = causal[None, None] & self.keys[:B, None, None, :end]
-        # a padding query sees at least itself, so no row is all -inf (NaN would reach the cache)
-        mask[..., torch.arange(s, device=x.device), self.filled + torch.arange(s, device=x.device)] = True
         o = F.scaled_dot_product_attention(q, self.k[i, :B, :, :end], self.v[i, :B, :, :end],
                                            attn_mask=mask, scale=attn.scaling, enable_gqa=True)
         return attn.o_proj(o.transpose(1, 2).reshape(B, s, -1))
@@ -77,8 +85,9 @@ class Engine:
         base = self.model.model
         x = base.embed_tokens(ids)
         cos, sin = base.rotary_emb(x, pos)
+        mask = self._mask(B, s, x.device)
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin)
+            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
             if iv is not None:
                 x = iv.patch(i, x)

@@ -45,11 +45,6 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto",
     return model, tok
 
 
-def max_context(model: Any) -> int:
-    """The model's context length."""
-    return int(getattr(model.config, "max_position_embeddings", 1 << 30))
-
-
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
