@@ -2,13 +2,16 @@
 
 On a randomly initialised model of the chosen shape (throughput does not depend on the weights),
 both generate `--new` tokens per row after a `--prompt`-token prompt with one feature clamped at
-a middle block and every block's output captured at every generated token. Also: the floor
-(weights read once per step at the measured copy bandwidth, or 2 x params FLOPs per token at the
-measured matmul rate, whichever is slower) and the encode rate of one 32K-feature SAE layer.
+a middle block and every block's output captured at every generated token; on a GPU the engine
+runs both eagerly and with CUDA graphs. Decode tok/s leave prefill out (a run of --new tokens
+less a run of 1); end-to-end tok/s keep it. Also: the floor (weights read once per step at the
+measured copy bandwidth, or 2 x params FLOPs per token at the measured matmul rate, whichever is
+slower), peak GPU memory against weights + KV cache + capture buffer + 1 GiB, and the encode
+rate of one 32K-feature SAE layer. benchmarks/gpu_check.sh runs the GPU tests and this.
 
     PYTHONPATH=src python benchmarks/replay_throughput.py --shape demo --device cpu --batch 16
     PYTHONPATH=src python benchmarks/replay_throughput.py --shape llama-3.1-8b --device cuda \\
-        --batch 16 64 128 --json benchmarks/h100.json
+        --batch 16 64 128 --json benchmarks/h100.json --profile
 """
 
 from __future__ import annotations
@@ -90,9 +93,11 @@ def hf_generate(model, batch, prompt, new, patches, capture) -> float:
     dev = next(model.parameters()).device
     ids = torch.randint(1, model.config.vocab_size, (batch, prompt), device=dev)
     iv = Interventions(model, patches, capture)
+    iv.bind(batch, new, dev, next(model.parameters()).dtype)
     flip = model.register_forward_pre_hook(
         lambda m, a, k: setattr(iv, "phase", "prefill" if k["input_ids"].shape[1] > 1 else "decode"),
         with_kwargs=True)
+    step = model.register_forward_hook(lambda m, a, o: iv.advance() if iv.phase == "decode" else None)
     sync(dev)
     t0 = time.perf_counter()
     with iv.active():
@@ -100,20 +105,38 @@ def hf_generate(model, batch, prompt, new, patches, capture) -> float:
                        max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
     sync(dev)
     flip.remove()
+    step.remove()
     return time.perf_counter() - t0
 
 
-def engine_generate(model, batch, prompt, new, patches, capture) -> float:
+def engine_generate(model, batch, prompt, new, patches, capture, eng) -> float:
     """(b): pathreplay's engine through the same generate loop the replay uses."""
     dev = next(model.parameters()).device
-    eng = Engine(model, batch, prompt + new)
     iv = Interventions(model, patches, capture)
     sync(dev)
     t0 = time.perf_counter()
     generate(model, _Tok(model.config.vocab_size, prompt), [""] * batch, list(range(batch)),
-             max_new_tokens=new, temperature=0.7, interventions=iv, engine=eng, prefill_chunk=512)
+             max_new_tokens=new, temperature=0.7, interventions=iv, engine=eng)
     sync(dev)
     return time.perf_counter() - t0
+
+
+def profile_decode(model, batch, prompt, new, feat, capture) -> None:
+    """Where a graphed decode step's time goes: CUDA kernels over 16 steps after prefill."""
+    from torch.profiler import ProfilerActivity, profile
+
+    class Profiled(Engine):
+        def decode(self, rows, iv, steps):
+            super().decode(rows, iv, 2)  # captures the graph
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as self.prof:
+                super().decode(rows, iv, 16)
+                torch.cuda.synchronize()
+
+    eng = Profiled(model, batch, prompt + new)
+    patches = [Patch(model.config.num_hidden_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "all")]
+    engine_generate(model, batch, prompt, new, patches, capture, eng)
+    print(eng.prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
 
 
 def floor_tok_per_s(model, batch: int, dev: torch.device, dtype: torch.dtype) -> float:
@@ -145,6 +168,18 @@ def floor_tok_per_s(model, batch: int, dev: torch.device, dtype: torch.dtype) ->
     return batch / step
 
 
+def budget_gb(model, batch: int, max_len: int, new: int, n_layers: int) -> float:
+    """The issue's bound on peak memory: weights + KV cache + capture buffer + 1 GiB."""
+    p = next(model.parameters())
+    size = p.element_size()
+    cfg = model.config
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    weights = sum(t.numel() for t in model.parameters()) * size
+    kv = 2 * n_layers * batch * cfg.num_key_value_heads * max_len * hd * size
+    capture = n_layers * batch * new * cfg.hidden_size * size
+    return (weights + kv + capture) / 2 ** 30 + 1
+
+
 def encode_rate(dev: torch.device, d_model: int, d_sae: int = 32768, rows: int = 8192) -> float:
     """Rows/s of encode + top-k through one SAE layer held on the device."""
     g = torch.Generator().manual_seed(2)
@@ -169,6 +204,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--profile", action="store_true", help="kernel table of graphed decode steps at the last batch")
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -178,20 +214,49 @@ def main() -> None:
     rows = []
     print(f"{args.shape} on {args.device} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}), "
           f"prompt {args.prompt}, {args.new} new tokens, clamp at block {n_layers // 2}, capture all {n_layers} blocks")
-    print(f"{'batch':>5} {'generate+hooks':>15} {'engine':>10} {'ratio':>6} {'floor':>10} {'of floor':>8} {'peak GB':>8}")
+    print("decode tok/s: generated tokens over the time of the decode steps (a run of --new tokens "
+          "less a run of 1); end to end: over the whole call, prefill included")
+    print(f"{'batch':>5} | {'decode: hooks':>13} {'eng. eager':>10} {'engine':>8} {'ratio':>6} {'floor':>8} "
+          f"{'of floor':>8} | {'end to end: hooks':>17} {'engine':>8} {'1st call':>8} | {'peak GB':>7} {'bound':>6}")
+    cap = range(n_layers)
     for batch in args.batch:
         patches = [Patch(n_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "all")]
-        tok_a = batch * args.new / hf_generate(model, batch, args.prompt, args.new, patches, range(n_layers))
+        hf_generate(model, batch, args.prompt, 2, patches, cap)  # warm-up
+        a1 = hf_generate(model, batch, args.prompt, 1, patches, cap)
+        a = hf_generate(model, batch, args.prompt, args.new, patches, cap)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        engine_generate(model, batch, args.prompt, min(args.new, 4), patches, range(n_layers))  # warm-up
-        tok_b = batch * args.new / engine_generate(model, batch, args.prompt, args.new, patches, range(n_layers))
+        eng = Engine(model, batch, args.prompt + args.new)
+        try:
+            b1 = engine_generate(model, batch, args.prompt, 1, patches, cap, eng)
+            first = engine_generate(model, batch, args.prompt, args.new, patches, cap, eng)  # captures graphs
+            b = engine_generate(model, batch, args.prompt, args.new, patches, cap, eng)  # replays them
+        except RuntimeError as err:  # keep the other columns of a run on a lent machine
+            print(f"engine failed at batch {batch}: {err}")
+            first = b1 = b = float("nan")
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else float("nan")
+        del eng
+        e1, e = b1, b
+        if dev.type == "cuda":  # the same engine step without graphs: what the graphs buy
+            eager = Engine(model, batch, args.prompt + args.new, graphs=False)
+            e1 = engine_generate(model, batch, args.prompt, 1, patches, cap, eager)
+            e = engine_generate(model, batch, args.prompt, args.new, patches, cap, eager)
+            del eager
+        n_dec = batch * (args.new - 1)
+        dec_a, dec_b, dec_e = n_dec / (a - a1), n_dec / (b - b1), n_dec / (e - e1)
+        tot = batch * args.new
         floor = floor_tok_per_s(model, batch, dev, dtype)
-        rows.append({"batch": batch, "engine_tok_per_s": tok_b, "generate_tok_per_s": tok_a,
-                     "floor_tok_per_s": floor, "peak_mem_gb": peak})
-        print(f"{batch:>5} {tok_a:>15,.0f} {tok_b:>10,.0f} {tok_b / tok_a:>6.2f} {floor:>10,.0f} "
-              f"{tok_b / floor:>8.1%} {peak:>8.2f}")
+        bound = budget_gb(model, batch, args.prompt + args.new, args.new, n_layers)
+        rows.append({"batch": batch, "engine_tok_per_s": dec_b, "generate_tok_per_s": dec_a,
+                     "floor_tok_per_s": floor, "peak_mem_gb": peak, "engine_eager_tok_per_s": dec_e,
+                     "engine_end_to_end_tok_per_s": tot / b, "generate_end_to_end_tok_per_s": tot / a,
+                     "engine_first_call_tok_per_s": tot / first, "mem_bound_gb": bound,
+                     "prompt": args.prompt, "new": args.new})
+        print(f"{batch:>5} | {dec_a:>13,.0f} {dec_e:>10,.0f} {dec_b:>8,.0f} {dec_b / dec_a:>6.2f} {floor:>8,.0f} "
+              f"{dec_b / floor:>8.1%} | {tot / a:>17,.0f} {tot / b:>8,.0f} {tot / first:>8,.0f} | "
+              f"{peak:>7.2f} {bound:>6.2f}")
+    if args.profile and dev.type == "cuda":
+        profile_decode(model, args.batch[-1], args.prompt, args.new, feat, cap)
     rate = encode_rate(dev, model.config.hidden_size)
     print(f"encode + top-k, one 32K-feature layer, 8,192 rows: {rate:,.0f} rows/s")
     if args.json:

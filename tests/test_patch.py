@@ -29,20 +29,23 @@ def test_clamp_reads_back_target_at_every_patched_position(tiny_lm, tiny_saes, p
     feat = _feature(tiny_saes)
     target = torch.tensor([2.5, 0.75])
     gen, iv = _run(model, tok, [Patch(1, feat, target, "clamp", positions)], capture=[1])
-    assert iv.readback, "the patch never ran"
-    for rec in iv.readback:
+    for rec in iv.readback:  # prompt passes
         sel = rec["selected"]
         got = rec["after"][sel]
         want = target[:, None].expand_as(rec["after"])[sel]
         assert torch.allclose(got, want, rtol=1e-4, atol=0)
+    assert {rec["phase"] for rec in iv.readback} == (set() if positions == "generated" else {"prefill"})
+    before, after = iv.generated()  # decode steps: every generated token, every mode
+    assert after.shape == (2, iv.steps) and iv.steps == int(gen.lengths.max()) - 1 > 0
+    assert torch.allclose(after, target[:, None].expand_as(after), rtol=1e-4, atol=0)
+    assert not torch.allclose(before, after)
     # the capture hook, which runs after the patch, sees the same values
     states = iv.states(1)
     vals = feat.value(states)
+    assert states.shape[1] == 1 + iv.steps
     assert torch.allclose(vals[:, 1:], target[:, None].expand_as(vals[:, 1:]), rtol=1e-4)
     if positions != "generated":
         assert torch.allclose(vals[:, 0], target, rtol=1e-4)
-    kinds = {rec["phase"] for rec in iv.readback}
-    assert kinds == ({"decode"} if positions == "generated" else {"prefill", "decode"})
 
 
 def test_clamp_to_current_value_changes_nothing(tiny_lm, tiny_saes):
@@ -129,3 +132,13 @@ def test_coupled_sampling_same_seed_same_draws():
     # inverse CDF by hand: cdf = [0.2, 0.5, 1.0]
     for uu, want in ((0.1, 0), (0.3, 1), (0.49, 1), (0.9, 2)):
         assert int(sample(logits, torch.tensor([uu], dtype=torch.float64), 1.0)) == want
+
+
+def test_two_level_sampler_matches_one_cumulative_sum():
+    g = torch.Generator().manual_seed(0)
+    for V, block in ((3, 256), (300, 16), (1024, 256), (1000, 7)):
+        logits = torch.randn(64, V, generator=g) * 3
+        u = torch.rand(64, generator=g, dtype=torch.float64)
+        cdf = torch.softmax(logits.double() / 0.7, -1).cumsum(-1)
+        want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0].clamp(max=V - 1)
+        assert torch.equal(sample(logits, u, 0.7, block=block), want)

@@ -1,21 +1,29 @@
 """A replay engine for Llama-family models: static KV cache, grouped-query attention read without
-expanding the KV heads, attention over the filled part of the cache only, and patch and capture
-applied as tensor operations between blocks (no Python hooks in the step).
+expanding the KV heads, attention over the filled part of the cache only, patch and capture
+applied as tensor operations between blocks, and, on a GPU, each decode step (forward, patch,
+capture into preallocated buffers, coupled sampling) replayed as one CUDA graph.
 
-It reuses the model's own modules (norms, projections, rotary embedding, MLP, head), so it
-computes what the Hugging Face forward computes; only the cache and the attention call differ.
-`generate(..., engine=Engine(model, ...))` drives it with the same loop, sampler and
-interventions as the hook path.
+It reuses the model's own weights and modules (rotary embedding, projections, activation, head),
+so it computes what the Hugging Face forward computes; the cache, the attention, the joined
+q/k/v and gate/up products and the one-kernel RMSNorm differ only in float rounding.
+`generate(..., engine=Engine(model, ...))` drives it with the same sampler and interventions as
+the hook path. On the CPU the same step runs eagerly.
 """
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .patch import Interventions, decoder_layers
+from .static import Store
+
+BUCKET = 32  # a decode step reads the cache up to the next multiple: one graph per bucket
+CHECK_EVERY = 8  # decode steps between looks at whether every row is done (a host sync)
+PREFILL_TOKENS = 4096  # rows x chunk length per prefill pass when no chunk is given
 
 
 def supports(model: Any) -> bool:
@@ -24,89 +32,212 @@ def supports(model: Any) -> bool:
         model.config, "sliding_window", None)
 
 
+_LAST: list[Engine] = []  # the engine last handed out: its cache and graphs serve the next call
+
+
+def engine_for(model: Any, batch: int, max_len: int) -> Engine:
+    """An engine with room for batch rows of max_len tokens: the last one, if it is for this
+    model and has the room (a replay job calls this once per prompt or feature, and recapturing
+    graphs each time would cost more than a batch), else a new one."""
+    if _LAST and _LAST[0].model is model and _LAST[0].k.shape[1] >= batch and _LAST[0].max_len >= max_len:
+        return _LAST[0]
+    _LAST.clear()  # free the old cache before the new one is allocated
+    _LAST.append(Engine(model, batch, -(-max_len // BUCKET) * BUCKET))
+    return _LAST[0]
+
+
+def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm in one fused kernel rather than its eight: normalised in float32 as there,
+    the weight applied before (not after) rounding to the input dtype."""
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+
+
+def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of several projections of one input as one; their own weights become
+    views of it. Idempotent: a second engine on the same model finds them already joined."""
+    ws = [m.weight.detach() for m in linears]
+    offsets = [0, *accumulate(len(w) for w in ws)]
+    n = ws[0].shape[1]
+    joined = all(w.is_contiguous() and w.untyped_storage().data_ptr() == ws[0].untyped_storage().data_ptr()
+                 and w.storage_offset() == ws[0].storage_offset() + o * n for w, o in zip(ws, offsets))
+    if joined:
+        fused = ws[0].as_strided((offsets[-1], n), (n, 1))
+    else:
+        fused = torch.cat(ws)
+        for m, o, p in zip(linears, offsets, offsets[1:]):
+            m.weight.data = fused[o:p]
+    if all(m.bias is None for m in linears):
+        return fused, None
+    return fused, torch.cat([m.bias.detach() if m.bias is not None else fused.new_zeros(len(m.weight))
+                             for m in linears])
+
+
 class Engine:
-    """Static-cache forward passes for up to `batch` rows of up to `max_len` tokens."""
+    """Static-cache forward passes for up to `batch` rows of up to `max_len` tokens.
 
-    def __init__(self, model: Any, batch: int, max_len: int) -> None:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    `graphs`: replay decode steps as CUDA graphs (default: when the model is on a GPU).
 
-        self._rope = apply_rotary_pos_emb
+    Each block's q/k/v projections, and its gate/up projections, run as one matrix product:
+    the engine concatenates their weights once and makes the model's own weights views of the
+    result, so the model computes as before and no memory is added."""
+
+    def __init__(self, model: Any, batch: int, max_len: int, graphs: bool | None = None) -> None:
         cfg = model.config
         self.model, self.layers = model, decoder_layers(model)
         p = next(model.parameters())
-        self.n_kv = cfg.num_key_value_heads
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.max_len = max_len
         shape = (len(self.layers), batch, self.n_kv, max_len, self.hd)
         self.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.keys = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
-        self.filled = self.prompt_len = 0
+        self.cur = torch.zeros(1, dtype=torch.long, device=p.device)  # first unfilled column
+        self.filled = self.prompt_len = 0  # host copies of cur and of the prompt's length
+        self.store = Store()  # what graphed steps read and write, kept across batches
+        self.graphs = p.device.type == "cuda" if graphs is None else graphs
+        self._graphs: dict[tuple, Any] = {}
+        self._graph_version = -1
+        self._pool = None
+        self.qkv = [_fuse([a.q_proj, a.k_proj, a.v_proj]) for a in (b.self_attn for b in self.layers)]
+        self.gate_up = [_fuse([b.mlp.gate_proj, b.mlp.up_proj]) for b in self.layers]
 
     def reset(self, key_mask: torch.Tensor) -> None:
         """Start a batch: key_mask [B, prompt_len] marks real (non-pad) prompt tokens."""
         self.filled = 0
+        self.cur.zero_()
         self.prompt_len = key_mask.shape[1]
         self.keys.zero_()
         self.keys[: key_mask.shape[0], : key_mask.shape[1]] = key_mask.bool()
 
-    def _mask(self, B: int, s: int, device: torch.device) -> torch.Tensor:
-        """[B, 1, s, filled + s] keys each new query may read: causal, no padding, only the
-        filled columns. The same for every block of a step, so it is built once per step."""
+    def _prompt_mask(self, B: int, s: int) -> torch.Tensor:
+        """[B, 1, s, filled + s]: causal, no padding, only the filled columns."""
         end = self.filled + s
-        causal = torch.ones(s, end, dtype=torch.bool, device=device).tril(self.filled)
+        causal = torch.ones(s, end, dtype=torch.bool, device=self.keys.device).tril(self.filled)
         mask = causal[None, None] & self.keys[:B, None, None, :end]
         # a padding query sees at least itself, so no row is all -inf (NaN would reach the cache)
-        diag = torch.arange(s, device=device)
+        diag = torch.arange(s, device=self.keys.device)
         mask[..., diag, self.filled + diag] = True
         return mask
 
     def _attention(self, i: int, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
+                   cols: torch.Tensor, bias: torch.Tensor, L: int) -> torch.Tensor:
+        """Attention of x's s new tokens (keys written at columns `cols`) over columns :L, with
+        `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores."""
         B, s, _ = x.shape
-        q = attn.q_proj(x).view(B, s, -1, self.hd).transpose(1, 2)
-        k = attn.k_proj(x).view(B, s, -1, self.hd).transpose(1, 2)
-        v = attn.v_proj(x).view(B, s, -1, self.hd).transpose(1, 2)
-        q, k = self._rope(q, k, cos, sin)
-        end = self.filled + s
-        self.k[i, :B, :, self.filled: end] = k
-        self.v[i, :B, :, self.filled: end] = v
-        # Only the filled columns, and no repeat of the KV heads: SDPA reads them grouped.
-        o = F.scaled_dot_product_attention(q, self.k[i, :B, :, :end], self.v[i, :B, :, :end],
-                                           attn_mask=mask, scale=attn.scaling, enable_gqa=True)
-        return attn.o_proj(o.transpose(1, 2).reshape(B, s, -1))
+        nq, nkv, hd = self.n_heads, self.n_kv, self.hd
+        g = nq // nkv
+        qkv = F.linear(x, *self.qkv[i]).view(B, s, nq + 2 * nkv, hd)
+        qk = qkv[:, :, : nq + nkv]  # q and k heads rotated together: one pass
+        qk = torch.addcmul(qk * cos, torch.cat((qk[..., hd // 2:], qk[..., : hd // 2]), -1), sin)
+        self.k[i, :B].index_copy_(2, cols, qk[:, :, nq:].transpose(1, 2))
+        self.v[i, :B].index_copy_(2, cols, qkv[:, :, nq + nkv:].transpose(1, 2))
+        # Grouped: query heads g*j..g*j+g-1 read KV head j in place; no copy of the cache.
+        q = qk[:, :, :nq].view(B, s, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B * nkv, g * s, hd)
+        keys = self.k[i, :B, :, :L].reshape(B * nkv, L, hd)
+        att = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=attn.scaling)
+        w = torch.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
+        o = torch.bmm(w, self.v[i, :B, :, :L].reshape(B * nkv, L, hd))
+        o = o.view(B, nkv, g, s, hd).permute(0, 3, 1, 2, 4).reshape(B, s, nq * hd)
+        return attn.o_proj(o)
 
-    @torch.no_grad()
-    def step(self, ids: torch.Tensor, pos: torch.Tensor, iv: Interventions | None) -> torch.Tensor:
-        """Run ids [B, s] at positions pos [B, s] through every block; logits of the last column.
-        New tokens' keys count as real; patches and captures of `iv` apply between blocks."""
-        B, s = ids.shape
-        # generated tokens are real keys; prompt columns keep their padding mask
-        self.keys[:B, max(self.filled, self.prompt_len): self.filled + s] = True
+    def _mlp(self, i: int, mlp: Any, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, *self.gate_up[i]).chunk(2, dim=-1)
+        return mlp.down_proj(mlp.act_fn(gate) * up)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, L: int,
+                 iv: Interventions | None) -> torch.Tensor:
+        """Every block on ids [B, s] at positions pos, reading keys mask [B, 1, s, L]; logits of
+        the last column. Patches and captures of `iv` apply between blocks; advances cur by s."""
         base = self.model.model
+        B, s = ids.shape
         x = base.embed_tokens(ids)
         cos, sin = base.rotary_emb(x, pos)
-        mask = self._mask(B, s, x.device)
+        # [B, s, 1, hd] for every head; rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2)
+        h = self.hd // 2
+        cos, sin = cos[:, :, None], torch.cat((-sin[..., :h], sin[..., h:]), -1)[:, :, None]
+        cols = self.cur + torch.arange(s, device=ids.device)
+        g = self.n_heads // self.n_kv
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        bias = bias[:, :, None].expand(B, self.n_kv, g, s, L).reshape(B * self.n_kv, g * s, L)  # once a step
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, mask)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + self._attention(i, layer.self_attn, _norm(layer.input_layernorm, x), cos, sin,
+                                    cols, bias, L)
+            x = x + self._mlp(i, layer.mlp, _norm(layer.post_attention_layernorm, x))
             if iv is not None:
                 x = iv.patch(i, x)
                 iv.capture(i, x)
-        self.filled += s
-        return self.model.lm_head(base.norm(x[:, -1:]))[:, -1]
+        self.cur += s
+        return self.model.lm_head(_norm(base.norm, x[:, -1:]))[:, -1]
 
+    @torch.no_grad()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, iv: Interventions | None,
                 chunk: int = 0) -> torch.Tensor:
-        """The prompt, in chunks of `chunk` tokens (0: all at once); logits of its last column.
-        Earlier chunks run in the `chunk` phase, so `exp2` patches and last-position captures
-        act on the final chunk's last column only."""
+        """The prompt, in chunks of `chunk` tokens (0: PREFILL_TOKENS // rows); logits of its
+        last column. Earlier chunks run in the `chunk` phase, so `exp2` patches and last-position
+        captures act on the final chunk's last column only."""
         self.reset(mask)
+        B, n = ids.shape
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        step = chunk if chunk and chunk < ids.shape[1] else ids.shape[1]
+        step = min(n, chunk or max(1, PREFILL_TOKENS // B))
         logits = None
-        for c0 in range(0, ids.shape[1], step):
+        for c0 in range(0, n, step):
+            s = min(step, n - c0)
             if iv is not None:
-                iv.phase = "prefill" if c0 + step >= ids.shape[1] else "chunk"
-            logits = self.step(ids[:, c0: c0 + step], pos[:, c0: c0 + step], iv)
+                iv.phase = "prefill" if c0 + s >= n else "chunk"
+            logits = self._forward(ids[:, c0: c0 + s], pos[:, c0: c0 + s], self._prompt_mask(B, s),
+                                   self.filled + s, iv)
+            self.filled += s
         assert logits is not None
         return logits
+
+    def _decode_step(self, rows: Any, iv: Interventions | None, L: int) -> None:
+        """One decode step, host-free: feed rows.tok, then sample the next token into rows."""
+        B = rows.tok.shape[0]
+        self.keys[:B].index_fill_(1, self.cur, True)  # a generated token is a real key
+        logits = self._forward(rows.tok[:, None], rows.pos[:, None], self.keys[:B, None, None, :L], L, iv)
+        rows.take(logits)
+        if iv is not None:
+            iv.advance()
+
+    @torch.no_grad()
+    def decode(self, rows: Any, iv: Interventions | None, steps: int) -> None:
+        """Up to `steps` decode steps after prefill (generate.Rows holds the sampler's state);
+        stops once every row is done, looked at every CHECK_EVERY steps."""
+        for s in range(steps):
+            if s % CHECK_EVERY == 0 and bool(rows.done.all()):
+                break
+            L = min(self.max_len, -(-(self.filled + 1) // BUCKET) * BUCKET)
+            if self.graphs:
+                self._graph(rows, iv, L)
+            else:
+                self._decode_step(rows, iv, L)
+            self.filled += 1
+
+    def _graph(self, rows: Any, iv: Interventions | None, L: int) -> None:
+        """Run one decode step as a CUDA graph, capturing it first if this shape is new. Graphs
+        record addresses, so they are dropped when the store reallocates anything."""
+        if self.store.version != self._graph_version:
+            self._graphs.clear()  # their memory pool goes with them: later captures need a new one
+            self._pool = None
+            self._graph_version = self.store.version
+        key = (rows.tok.shape[0], L, rows.temperature, rows.pad) + (
+            () if iv is None else (tuple(iv.capture_blocks), tuple(
+                (p.block, p.mode, p.feature.index, p.feature.b, p.feature.threshold, id(p.sae))
+                for p in iv.patches)))
+        if key in self._graphs:
+            self._graphs[key][0].replay()
+            return
+        # This step runs eagerly on a side stream (the warm-up capture asks for); the graph
+        # recorded next runs from the following step on. Recording executes nothing.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._decode_step(rows, iv, L)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._pool):
+            self._decode_step(rows, iv, L)
+        self._graphs[key] = (g, iv.patches if iv is not None else None)  # keeps an SAE it reads alive

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from .sae import SAE, Feature
+from .static import Store
 
 MODES = ("clamp", "reconstruct", "add")
 POSITIONS = ("all", "exp2", "generated")
@@ -54,19 +55,20 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise TypeError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
-def _apply(p: Patch, h: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch h[b, t] where sel[b, t]; returns (new h, feature value read before the patch)."""
+def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, sel: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch h[b, t] where sel[b, t] (None: everywhere) along direction d; returns (new h,
+    feature value read before the patch). No host sync, so it can run inside a CUDA graph."""
     x = h.float()
     before = p.feature.value(x)
     v = p.values.to(h.device, torch.float32)[:, None].expand_as(before)
-    sel = sel & ~torch.isnan(v)
+    skip = torch.isnan(v) if sel is None else torch.isnan(v) | ~sel
     if p.mode == "reconstruct":
         assert p.sae is not None, "reconstruct needs the whole SAE"
         f = p.sae.encode(x)
         f[..., p.feature.index] = torch.nan_to_num(v)
         new = p.sae.decode(f)
     else:
-        d = p.feature.direction.to(h.device, torch.float32)
         if p.mode == "clamp":
             pre = p.feature.pre(x)
             # v = 0 on an inactive feature is already satisfied: leave the row untouched.
@@ -74,31 +76,68 @@ def _apply(p: Patch, h: torch.Tensor, sel: torch.Tensor) -> tuple[torch.Tensor, 
         else:
             delta = torch.nan_to_num(v)
         new = x + delta[..., None] * d
-    out = torch.where(sel[..., None], new, x).to(h.dtype)
+    out = torch.where(skip[..., None], x, new).to(h.dtype)
     return out, before
 
 
 class Interventions:
-    """Owns the hooks of one forward pass sequence: patches, captures and the patch readback."""
+    """Owns the hooks of one forward pass sequence: patches, captures and the patch readback.
+
+    Prompt passes (phases prefill and chunk) keep what they capture and read back in lists.
+    Decode steps write into buffers preallocated by `bind`: column c of `decoded` and `trace` is
+    decode step c, addressed by the device counter `col`, so a step needs no host work and can be
+    replayed as a CUDA graph.
+    """
 
     def __init__(self, model: torch.nn.Module, patches: Sequence[Patch] = (),
                  capture: Sequence[int] = (), capture_prompt: str = "last") -> None:
         self.layers = decoder_layers(model)
+        self.d_model = int(model.config.hidden_size)
         self.patches = list(patches)
         self.capture_blocks = sorted(set(capture))
         self.capture_prompt = capture_prompt  # "last" | "all"
         self.phase = "prefill"  # | "chunk" (a prompt chunk before the last) | "decode"
         self.captured: dict[int, list[torch.Tensor]] = {b: [] for b in self.capture_blocks}
-        self.readback: list[dict[str, torch.Tensor]] = []  # per patch call: before/after/selected
+        self.readback: list[dict[str, torch.Tensor]] = []  # prompt passes: before/after/selected
+        self.col: torch.Tensor | None = None
+        self.decoded: dict[int, torch.Tensor] = {}  # block -> [batch, steps, d_model]
+        self.trace: list[torch.Tensor] = []  # per patch: [2, batch, steps], before / after
+        self.steps = 0  # decode steps whose columns hold data (set by whoever runs them)
+        self._dirs: dict[int, torch.Tensor] = {}
         for p in self.patches:
             if p.mode not in MODES:
                 raise ValueError(f"unknown patch mode {p.mode!r}; use one of {MODES}")
             if p.positions not in POSITIONS:
                 raise ValueError(f"unknown patch positions {p.positions!r}; use one of {POSITIONS}")
 
+    def bind(self, batch: int, steps: int, device: torch.device, dtype: torch.dtype,
+             store: Store | None = None) -> None:
+        """Preallocate room for `steps` decode steps of `batch` rows, and move the patches'
+        targets and feature rows onto the device. With a `store` they are the store's tensors,
+        the same addresses from one batch to the next."""
+        store = store or Store()
+        self.col = store.zeros("iv.col", (1,), torch.long, device)
+        self.decoded = {b: store.zeros(f"iv.decoded.{b}", (batch, steps, self.d_model), dtype, device)
+                        for b in self.capture_blocks}
+        self.trace = [store.zeros(f"iv.trace.{j}", (2, batch, steps), torch.float32, device)
+                      for j in range(len(self.patches))]
+        self.steps = 0
+        for j, p in enumerate(self.patches):
+            f = p.feature
+            self._dirs[j] = store.put(f"iv.dir.{j}", f.direction.to(device, torch.float32))
+            f = f._replace(w=store.put(f"iv.w.{j}", f.w.to(device, torch.float32)),
+                           u=store.put(f"iv.u.{j}", f.u.to(device, torch.float32)))
+            self.patches[j] = p._replace(feature=f, values=store.put(
+                f"iv.values.{j}", p.values.to(device, torch.float32)))
+
+    def _direction(self, j: int, device: torch.device) -> torch.Tensor:
+        if j not in self._dirs:
+            self._dirs[j] = self.patches[j].feature.direction.to(device, torch.float32)
+        return self._dirs[j]
+
     def _selected(self, p: Patch, h: torch.Tensor) -> torch.Tensor:
         sel = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
-        if self.phase == "decode" or p.positions == "all":
+        if p.positions == "all":
             sel[:] = True
         elif p.positions == "exp2" and self.phase == "prefill":
             sel[:, -1] = True  # prompts are left-padded: the last column is every row's last token
@@ -106,12 +145,19 @@ class Interventions:
 
     def patch(self, block: int, h: torch.Tensor) -> torch.Tensor:
         """Apply this block's patches to its output h [batch, seq, d_model]; record the readback."""
-        for p in self.patches:
+        for j, p in enumerate(self.patches):
             if p.block != block:
+                continue
+            d = self._direction(j, h.device)
+            if self.phase == "decode":  # every position mode patches generated tokens
+                assert self.col is not None, "bind() the interventions before decode steps"
+                h, before = _apply(p, d, h, None)
+                after = p.feature.value(h.float())
+                self.trace[j].index_copy_(2, self.col, torch.stack([before, after]))
                 continue
             sel = self._selected(p, h)
             if sel.any():
-                h, before = _apply(p, h, sel)
+                h, before = _apply(p, d, h, sel)
                 self.readback.append({"phase": self.phase, "before": before.detach(),
                                       "after": p.feature.value(h.float()).detach(),
                                       "selected": sel, "target": p.values.float()})
@@ -119,9 +165,19 @@ class Interventions:
 
     def capture(self, block: int, h: torch.Tensor) -> None:
         """Keep block's output (after any patch) at the positions asked for."""
-        if block in self.captured and (self.phase != "chunk" or self.capture_prompt == "all"):
-            keep = h if (self.phase == "decode" or self.capture_prompt == "all") else h[:, -1:]
+        if block not in self.captured:
+            return
+        if self.phase == "decode":
+            buf = self.decoded[block]
+            buf.index_copy_(1, self.col, h[:, -1:].to(buf.dtype))
+        elif self.phase != "chunk" or self.capture_prompt == "all":
+            keep = h if self.capture_prompt == "all" else h[:, -1:]
             self.captured[block].append(keep.detach().clone())
+
+    def advance(self) -> None:
+        """Move the decode buffers to the next column (a device op: part of a graphed step)."""
+        if self.col is not None:
+            self.col += 1
 
     def _patch_hook(self, block: int):
         def hook(module: torch.nn.Module, args: tuple, output: object) -> object:
@@ -153,5 +209,11 @@ class Interventions:
                 hnd.remove()
 
     def states(self, block: int) -> torch.Tensor:
-        """Captured outputs of `block` on the CPU: [batch, positions, d_model] (prompt part first)."""
-        return torch.cat(self.captured[block], dim=1).cpu()
+        """Captured outputs of `block` on the CPU: [batch, positions, d_model] (prompt part first,
+        then one column per decode step)."""
+        parts = self.captured[block] + ([self.decoded[block][:, : self.steps]] if self.steps else [])
+        return torch.cat(parts, dim=1).cpu()
+
+    def generated(self, j: int = 0) -> torch.Tensor:
+        """Patch j's feature before and after the patch at each decode step: [2, batch, steps]."""
+        return self.trace[j][:, :, : self.steps].cpu()

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from .decision import parse_decision
-from .engine import Engine, supports
+from .engine import engine_for, supports
 from .generate import generate
 from .patch import Interventions, Patch
 from .plan import CaptureSpec
@@ -72,7 +72,7 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
     eng = None
     if s.engine == "auto" and supports(model) and jobs:
         longest = max(len(tok(t)["input_ids"]) for t in {j.text for j in jobs})
-        eng = Engine(model, min(s.batch_size, len(jobs)), longest + s.max_new_tokens)
+        eng = engine_for(model, min(s.batch_size, len(jobs)), longest + s.max_new_tokens)
     records: list[dict[str, Any]] = []
     parts: dict[int, list[torch.Tensor]] = {b: [] for b in s.capture_layers}
     for i in tqdm(range(0, len(jobs), s.batch_size), desc=desc, mininterval=5):
@@ -96,7 +96,7 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
             mask = torch.arange(len(keep))[None, :] < n_valid[:, None]
             out[:, 1:] *= mask[..., None].half()
             parts[b].append(out)
-        fid = _fidelity(iv, len(batch))
+        fid = _fidelity(iv, gen.lengths)
         for r, j in enumerate(batch):
             d = parse_decision(gen.texts[r], s.parser, fixed_bet=fixed_bet(j.text))
             rec = {**j._asdict(), "row": len(records), "n_tokens": int(gen.lengths[r]),
@@ -111,23 +111,23 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
     return ReplayResult(trials, states)
 
 
-def _fidelity(iv: Interventions, n: int) -> dict[str, list[float]]:
+def _fidelity(iv: Interventions, lengths: torch.Tensor) -> dict[str, list[float]]:
     """Per row: the patched feature before/after the patch at the last prompt position, and the
-    mean after the patch over generated tokens (NaN where the row was not patched there)."""
+    mean after the patch over the row's own generated tokens (NaN where the row was not patched
+    there)."""
+    n = len(lengths)
     before = [math.nan] * n
     after = [math.nan] * n
-    gen_sum = torch.zeros(n)
-    gen_cnt = torch.zeros(n)
-    for rec in ({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in r.items()} for r in iv.readback):
-        sel = rec["selected"]
+    for rec in iv.readback:
         if rec["phase"] == "prefill":
-            rows = sel[:, -1]
-            for r in torch.nonzero(rows).flatten().tolist():
+            for r in torch.nonzero(rec["selected"][:, -1].cpu()).flatten().tolist():
                 before[r] = float(rec["before"][r, -1])
                 after[r] = float(rec["after"][r, -1])
-        else:
-            rows = sel[:, 0] & ~torch.isnan(rec["target"])
-            gen_sum += torch.where(rows, rec["after"][:, 0], torch.zeros(n))
-            gen_cnt += rows.float()
-    gen = torch.where(gen_cnt > 0, gen_sum / gen_cnt.clamp(min=1), torch.full((n,), math.nan))
+    gen = torch.full((n,), math.nan)
+    if iv.patches and iv.steps:
+        vals = iv.generated(0)[1]  # [rows, steps]
+        own = torch.arange(iv.steps)[None, :] < (lengths[:, None] - 1)  # steps fed the row's tokens
+        own &= ~torch.isnan(iv.patches[0].values.cpu())[:, None]
+        cnt = own.sum(1)
+        gen = torch.where(cnt > 0, (vals * own).sum(1) / cnt.clamp(min=1), gen)
     return {"value_before_last": before, "value_after_last": after, "value_after_generated": gen.tolist()}
