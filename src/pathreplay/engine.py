@@ -86,6 +86,7 @@ class Engine:
         self.model, self.layers = model, decoder_layers(model)
         p = next(model.parameters())
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.group = self.n_heads // self.n_kv  # query heads per KV head
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_len = max_len
         shape = (len(self.layers), batch, self.n_kv, max_len, self.hd)
@@ -93,7 +94,7 @@ class Engine:
         self.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.keys = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
         self.cur = torch.zeros(1, dtype=torch.long, device=p.device)  # first unfilled column
-        self.filled = self.prompt_len = 0  # host copies of cur and of the prompt's length
+        self.filled = 0  # host copy of cur
         self.store = Store()  # what graphed steps read and write, kept across batches
         self.graphs = p.device.type == "cuda" if graphs is None else graphs
         self._graphs: dict[tuple, Any] = {}
@@ -106,7 +107,6 @@ class Engine:
         """Start a batch: key_mask [B, prompt_len] marks real (non-pad) prompt tokens."""
         self.filled = 0
         self.cur.zero_()
-        self.prompt_len = key_mask.shape[1]
         self.keys.zero_()
         self.keys[: key_mask.shape[0], : key_mask.shape[1]] = key_mask.bool()
 
@@ -125,8 +125,7 @@ class Engine:
         """Attention of x's s new tokens (keys written at columns `cols`) over columns :L, with
         `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores."""
         B, s, _ = x.shape
-        nq, nkv, hd = self.n_heads, self.n_kv, self.hd
-        g = nq // nkv
+        nq, nkv, hd, g = self.n_heads, self.n_kv, self.hd, self.group
         qkv = F.linear(x, *self.qkv[i]).view(B, s, nq + 2 * nkv, hd)
         qk = qkv[:, :, : nq + nkv]  # q and k heads rotated together: one pass
         qk = torch.addcmul(qk * cos, torch.cat((qk[..., hd // 2:], qk[..., : hd // 2]), -1), sin)
@@ -157,9 +156,8 @@ class Engine:
         h = self.hd // 2
         cos, sin = cos[:, :, None], torch.cat((-sin[..., :h], sin[..., h:]), -1)[:, :, None]
         cols = self.cur + torch.arange(s, device=ids.device)
-        g = self.n_heads // self.n_kv
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
-        bias = bias[:, :, None].expand(B, self.n_kv, g, s, L).reshape(B * self.n_kv, g * s, L)  # once a step
+        bias = bias[:, :, None].expand(B, self.n_kv, self.group, s, L).reshape(B * self.n_kv, self.group * s, L)
         for i, layer in enumerate(self.layers):
             x = x + self._attention(i, layer.self_attn, _norm(layer.input_layernorm, x), cos, sin,
                                     cols, bias, L)
@@ -171,14 +169,13 @@ class Engine:
         return self.model.lm_head(_norm(base.norm, x[:, -1:]))[:, -1]
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, iv: Interventions | None,
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, iv: Interventions | None,
                 chunk: int = 0) -> torch.Tensor:
-        """The prompt, in chunks of `chunk` tokens (0: PREFILL_TOKENS // rows); logits of its
-        last column. Earlier chunks run in the `chunk` phase, so `exp2` patches and last-position
+        """The prompt ids [B, n] (padding mask, positions), in chunks of `chunk` tokens
+        (0: PREFILL_TOKENS // rows); logits of its last column. Earlier chunks run in the `chunk` phase, so `exp2` patches and last-position
         captures act on the final chunk's last column only."""
         self.reset(mask)
         B, n = ids.shape
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         step = min(n, chunk or max(1, PREFILL_TOKENS // B))
         logits = None
         for c0 in range(0, n, step):

@@ -82,7 +82,7 @@ class Rows:
         self.temperature, self.pad = temperature, pad
         self.u = store.put("rows.u", u.to(dev))
         self.stop = store.put("rows.stop", stop.to(dev))
-        self.out = store.put("rows.out", torch.full((B, T), pad, dtype=torch.long, device=dev))
+        self.out = store.zeros("rows.out", (B, T), torch.long, dev).fill_(pad)
         self.done = store.zeros("rows.done", (B,), torch.bool, dev)
         self.lengths = store.zeros("rows.lengths", (B,), torch.long, dev)
         self.t = store.zeros("rows.t", (1,), torch.long, dev)  # the column sampled next
@@ -149,7 +149,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence
     cache = {cache_arg(model): DynamicCache(config=model.config)} if engine is None else {}
     with ctx:
         if engine is not None:
-            logits = engine.prefill(ids, mask, iv, prefill_chunk)
+            logits = engine.prefill(ids, mask, pos, iv, prefill_chunk)
         else:
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache,
                            use_cache=True).logits[:, -1]

@@ -125,8 +125,7 @@ class Interventions:
         for j, p in enumerate(self.patches):
             f = p.feature
             self._dirs[j] = store.put(f"iv.dir.{j}", f.direction.to(device, torch.float32))
-            f = f._replace(w=store.put(f"iv.w.{j}", f.w.to(device, torch.float32)),
-                           u=store.put(f"iv.u.{j}", f.u.to(device, torch.float32)))
+            f = f._replace(w=store.put(f"iv.w.{j}", f.w.to(device, torch.float32)))  # a step reads w alone
             self.patches[j] = p._replace(feature=f, values=store.put(
                 f"iv.values.{j}", p.values.to(device, torch.float32)))
 
@@ -160,7 +159,7 @@ class Interventions:
                 h, before = _apply(p, d, h, sel)
                 self.readback.append({"phase": self.phase, "before": before.detach(),
                                       "after": p.feature.value(h.float()).detach(),
-                                      "selected": sel, "target": p.values.float()})
+                                      "selected": sel})
         return h
 
     def capture(self, block: int, h: torch.Tensor) -> None:
