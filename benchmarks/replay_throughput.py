@@ -3,7 +3,8 @@
 On a randomly initialised model of the chosen shape (throughput does not depend on the weights),
 both generate `--new` tokens per row after a `--prompt`-token prompt with one feature clamped at
 a middle block and every block's output captured at every generated token; on a GPU the engine
-runs both eagerly and with CUDA graphs. Decode tok/s leave prefill out (a run of --new tokens
+runs with CUDA graphs, without them, and with graphs but torch operations in place of its Triton
+kernels (PATHREPLAY_KERNELS=torch). Decode tok/s leave prefill out (a run of --new tokens
 less a run of 1); end-to-end tok/s keep it. Also: the floor (weights read once per step at the
 measured copy bandwidth, or 2 x params FLOPs per token at the measured matmul rate, whichever is
 slower), peak GPU memory against weights + KV cache + capture buffer + 1 GiB, and the encode
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -121,6 +123,24 @@ def engine_generate(model, batch, prompt, new, patches, capture, eng) -> float:
     return time.perf_counter() - t0
 
 
+def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kernels="triton"
+                 ) -> tuple[float, float, float]:
+    """Seconds of a 1-token call, the first full call (graph capture included) and the next one,
+    on a fresh engine; NaN if it fails (the other columns of a run on a lent machine survive)."""
+    os.environ["PATHREPLAY_KERNELS"] = kernels
+    eng = Engine(model, batch, prompt + new, graphs=graphs)
+    try:
+        one = engine_generate(model, batch, prompt, 1, patches, capture, eng)
+        first = engine_generate(model, batch, prompt, new, patches, capture, eng)
+        return one, first, engine_generate(model, batch, prompt, new, patches, capture, eng)
+    except RuntimeError as err:
+        print(f"engine (graphs {graphs}, kernels {kernels}) failed at batch {batch}: {err}")
+        return (float("nan"),) * 3
+    finally:
+        del eng
+        os.environ.pop("PATHREPLAY_KERNELS")
+
+
 def profile_decode(model, batch, prompt, new, feat, capture) -> None:
     """Where a graphed decode step's time goes: CUDA kernels over 16 steps after prefill."""
     from torch.profiler import ProfilerActivity, profile
@@ -216,8 +236,8 @@ def main() -> None:
           f"prompt {args.prompt}, {args.new} new tokens, clamp at block {n_layers // 2}, capture all {n_layers} blocks")
     print("decode tok/s: generated tokens over the time of the decode steps (a run of --new tokens "
           "less a run of 1); end to end: over the whole call, prefill included")
-    print(f"{'batch':>5} | {'decode: hooks':>13} {'eng. eager':>10} {'engine':>8} {'ratio':>6} {'floor':>8} "
-          f"{'of floor':>8} | {'end to end: hooks':>17} {'engine':>8} {'1st call':>8} | {'peak GB':>7} {'bound':>6}")
+    print(f"{'batch':>5} | {'decode: hooks':>13} {'eng. eager':>10} {'torch ops':>9} {'engine':>8} {'ratio':>6} "
+          f"{'floor':>8} {'of floor':>8} | {'end to end: hooks':>17} {'engine':>8} {'1st call':>8} | {'peak GB':>7} {'bound':>6}")
     cap = range(n_layers)
     for batch in args.batch:
         patches = [Patch(n_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "all")]
@@ -226,33 +246,24 @@ def main() -> None:
         a = hf_generate(model, batch, args.prompt, args.new, patches, cap)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        eng = Engine(model, batch, args.prompt + args.new)
-        try:
-            b1 = engine_generate(model, batch, args.prompt, 1, patches, cap, eng)
-            first = engine_generate(model, batch, args.prompt, args.new, patches, cap, eng)  # captures graphs
-            b = engine_generate(model, batch, args.prompt, args.new, patches, cap, eng)  # replays them
-        except RuntimeError as err:  # keep the other columns of a run on a lent machine
-            print(f"engine failed at batch {batch}: {err}")
-            first = b1 = b = float("nan")
+        b1, first, b = engine_times(model, batch, args.prompt, args.new, patches, cap)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else float("nan")
-        del eng
-        e1, e = b1, b
-        if dev.type == "cuda":  # the same engine step without graphs: what the graphs buy
-            eager = Engine(model, batch, args.prompt + args.new, graphs=False)
-            e1 = engine_generate(model, batch, args.prompt, 1, patches, cap, eager)
-            e = engine_generate(model, batch, args.prompt, args.new, patches, cap, eager)
-            del eager
+        e1, e, t1, t = b1, b, b1, b  # the CPU has neither graphs nor Triton kernels
+        if dev.type == "cuda":  # what the graphs buy, and what the Triton kernels buy
+            e1, _, e = engine_times(model, batch, args.prompt, args.new, patches, cap, graphs=False)
+            t1, _, t = engine_times(model, batch, args.prompt, args.new, patches, cap, kernels="torch")
         n_dec = batch * (args.new - 1)
-        dec_a, dec_b, dec_e = n_dec / (a - a1), n_dec / (b - b1), n_dec / (e - e1)
+        dec_a, dec_b, dec_e, dec_t = n_dec / (a - a1), n_dec / (b - b1), n_dec / (e - e1), n_dec / (t - t1)
         tot = batch * args.new
         floor = floor_tok_per_s(model, batch, dev, dtype)
         bound = budget_gb(model, batch, args.prompt + args.new, args.new, n_layers)
         rows.append({"batch": batch, "engine_tok_per_s": dec_b, "generate_tok_per_s": dec_a,
                      "floor_tok_per_s": floor, "peak_mem_gb": peak, "engine_eager_tok_per_s": dec_e,
+                     "engine_torch_ops_tok_per_s": dec_t,
                      "engine_end_to_end_tok_per_s": tot / b, "generate_end_to_end_tok_per_s": tot / a,
                      "engine_first_call_tok_per_s": tot / first, "mem_bound_gb": bound,
                      "prompt": args.prompt, "new": args.new})
-        print(f"{batch:>5} | {dec_a:>13,.0f} {dec_e:>10,.0f} {dec_b:>8,.0f} {dec_b / dec_a:>6.2f} {floor:>8,.0f} "
+        print(f"{batch:>5} | {dec_a:>13,.0f} {dec_e:>10,.0f} {dec_t:>9,.0f} {dec_b:>8,.0f} {dec_b / dec_a:>6.2f} {floor:>8,.0f} "
               f"{dec_b / floor:>8.1%} | {tot / a:>17,.0f} {tot / b:>8,.0f} {tot / first:>8,.0f} | "
               f"{peak:>7.2f} {bound:>6.2f}")
     if args.profile and dev.type == "cuda":

@@ -5,7 +5,8 @@ capture into preallocated buffers, coupled sampling) replayed as one CUDA graph.
 
 It reuses the model's own weights and modules (rotary embedding, projections, activation, head),
 so it computes what the Hugging Face forward computes; the cache, the attention, the joined
-q/k/v and gate/up products and the one-kernel RMSNorm differ only in float rounding.
+q/k/v and gate/up products, the residual adds inside the o_proj and down_proj products and the
+one-kernel RMSNorm, SiLU-gating and RoPE (`kernels`) differ only in float rounding.
 `generate(..., engine=Engine(model, ...))` drives it with the same sampler and interventions as
 the hook path. On the CPU the same step runs eagerly.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from .patch import Interventions, decoder_layers
 from .static import Store
 
@@ -47,9 +49,18 @@ def engine_for(model: Any, batch: int, max_len: int) -> Engine:
 
 
 def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """LlamaRMSNorm in one fused kernel rather than its eight: normalised in float32 as there,
-    the weight applied before (not after) rounding to the input dtype."""
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+    """LlamaRMSNorm in one kernel rather than its eight: normalised in float32 as there, the
+    weight applied before (not after) rounding to the input dtype."""
+    return kernels.rms_norm(x, norm.weight, norm.variance_epsilon)
+
+
+def _add_linear(x: torch.Tensor, a: torch.Tensor, linear: Any) -> None:
+    """x += linear(a), in place: the product accumulates onto the residual stream in the same
+    GEMM (beta = 1), so the residual add costs no kernel of its own."""
+    flat = x.view(-1, x.shape[-1])
+    flat.addmm_(a.reshape(-1, a.shape[-1]), linear.weight.t())
+    if linear.bias is not None:
+        flat += linear.bias
 
 
 def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -102,6 +113,8 @@ class Engine:
         self._pool = None
         self.qkv = [_fuse([a.q_proj, a.k_proj, a.v_proj]) for a in (b.self_attn for b in self.layers)]
         self.gate_up = [_fuse([b.mlp.gate_proj, b.mlp.up_proj]) for b in self.layers]
+        self.scaling = self.layers[0].self_attn.scaling
+        self.silu = all(type(b.mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") for b in self.layers)
 
     def reset(self, key_mask: torch.Tensor) -> None:
         """Start a batch: key_mask [B, prompt_len] marks real (non-pad) prompt tokens."""
@@ -120,29 +133,29 @@ class Engine:
         mask[..., diag, self.filled + diag] = True
         return mask
 
-    def _attention(self, i: int, attn: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def _attention(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    cols: torch.Tensor, bias: torch.Tensor, L: int) -> torch.Tensor:
-        """Attention of x's s new tokens (keys written at columns `cols`) over columns :L, with
-        `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores."""
+        """Attention of x's s new tokens (keys written at columns `cols`) over
+        columns :L, with `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores; the heads'
+        outputs [B, s, n_heads * hd], before o_proj."""
         B, s, _ = x.shape
         nq, nkv, hd, g = self.n_heads, self.n_kv, self.hd, self.group
         qkv = F.linear(x, *self.qkv[i]).view(B, s, nq + 2 * nkv, hd)
-        qk = qkv[:, :, : nq + nkv]  # q and k heads rotated together: one pass
-        qk = torch.addcmul(qk * cos, torch.cat((qk[..., hd // 2:], qk[..., : hd // 2]), -1), sin)
-        self.k[i, :B].index_copy_(2, cols, qk[:, :, nq:].transpose(1, 2))
-        self.v[i, :B].index_copy_(2, cols, qkv[:, :, nq + nkv:].transpose(1, 2))
         # Grouped: query heads g*j..g*j+g-1 read KV head j in place; no copy of the cache.
-        q = qk[:, :, :nq].view(B, s, nkv, g, hd).permute(0, 2, 3, 1, 4).reshape(B * nkv, g * s, hd)
+        q = kernels.rope_write(qkv, cos, sin, cols, self.k[i, :B], self.v[i, :B], nkv)
         keys = self.k[i, :B, :, :L].reshape(B * nkv, L, hd)
-        att = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=attn.scaling)
-        w = torch.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
+        att = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)
+        w = torch.softmax(att, dim=-1)  # accumulates in float32 whatever att's dtype, rounds once
         o = torch.bmm(w, self.v[i, :B, :, :L].reshape(B * nkv, L, hd))
-        o = o.view(B, nkv, g, s, hd).permute(0, 3, 1, 2, 4).reshape(B, s, nq * hd)
-        return attn.o_proj(o)
+        return o.view(B, nkv, g, s, hd).permute(0, 3, 1, 2, 4).reshape(B, s, nq * hd)
 
     def _mlp(self, i: int, mlp: Any, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, *self.gate_up[i]).chunk(2, dim=-1)
-        return mlp.down_proj(mlp.act_fn(gate) * up)
+        """The MLP's activations [B, s, intermediate], before down_proj."""
+        gate_up = F.linear(x, *self.gate_up[i])
+        if self.silu:
+            return kernels.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return mlp.act_fn(gate) * up
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, L: int,
                  iv: Interventions | None) -> torch.Tensor:
@@ -152,16 +165,13 @@ class Engine:
         B, s = ids.shape
         x = base.embed_tokens(ids)
         cos, sin = base.rotary_emb(x, pos)
-        # [B, s, 1, hd] for every head; rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2)
-        h = self.hd // 2
-        cos, sin = cos[:, :, None], torch.cat((-sin[..., :h], sin[..., h:]), -1)[:, :, None]
         cols = self.cur + torch.arange(s, device=ids.device)
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         bias = bias[:, :, None].expand(B, self.n_kv, self.group, s, L).reshape(B * self.n_kv, self.group * s, L)
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, _norm(layer.input_layernorm, x), cos, sin,
-                                    cols, bias, L)
-            x = x + self._mlp(i, layer.mlp, _norm(layer.post_attention_layernorm, x))
+            a = self._attention(i, _norm(layer.input_layernorm, x), cos, sin, cols, bias, L)
+            _add_linear(x, a, layer.self_attn.o_proj)
+            _add_linear(x, self._mlp(i, layer.mlp, _norm(layer.post_attention_layernorm, x)), layer.mlp.down_proj)
             if iv is not None:
                 x = iv.patch(i, x)
                 iv.capture(i, x)
