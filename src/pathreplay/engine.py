@@ -135,13 +135,14 @@ class Engine:
 
     def _attention(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    cols: torch.Tensor, bias: torch.Tensor, L: int) -> torch.Tensor:
-        """Attention of x's s new tokens (keys written at columns `cols`) over
-        columns :L, with `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores; the heads'
-        outputs [B, s, n_heads * hd], before o_proj."""
+        """Attention of x's s new tokens (keys written at columns `cols`) over columns :L, with
+        `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores; the heads' outputs
+        [B, s, n_heads * hd], before o_proj."""
         B, s, _ = x.shape
         nq, nkv, hd, g = self.n_heads, self.n_kv, self.hd, self.group
         qkv = F.linear(x, *self.qkv[i]).view(B, s, nq + 2 * nkv, hd)
-        # Grouped: query heads g*j..g*j+g-1 read KV head j in place; no copy of the cache.
+        # Grouped: q's rows for KV head j are its query heads g*j..g*j+g-1, which read the
+        # cache in place; no copy of it.
         q = kernels.rope_write(qkv, cos, sin, cols, self.k[i, :B], self.v[i, :B], nkv)
         keys = self.k[i, :B, :, :L].reshape(B * nkv, L, hd)
         att = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)
