@@ -148,3 +148,16 @@ def test_triton_kernels_on_the_gpu_equal_the_torch_ops(monkeypatch, dtype):
                      kernels.rope_write(qkv, cos, sin, cols, k, v, 8), k, v])
     for got, ref in zip(*outs):
         assert got.shape == ref.shape and torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)
+
+
+def test_a_failing_triton_kernel_names_the_switch_that_avoids_it():
+    class Broken:
+        __name__ = "_rope_write"
+
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                raise ValueError("unsupported GPU")
+            return run
+
+    with pytest.raises(RuntimeError, match="rope_write failed.*unsupported GPU.*PATHREPLAY_KERNELS=torch"):
+        kernels._launch(Broken(), (1,))

@@ -13,6 +13,7 @@ The tests run the Triton kernels on the CPU through Triton's interpreter (TRITON
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,16 @@ def use_triton(x: torch.Tensor) -> bool:
             and os.environ.get("PATHREPLAY_KERNELS", "triton") != "torch")
 
 
+def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
+    """Run a Triton kernel; if it cannot compile or launch here, say which switch avoids it."""
+    try:
+        kernel[grid](*args, **meta)
+    except Exception as err:
+        name = getattr(kernel, "__name__", "kernel").lstrip("_")
+        raise RuntimeError(f"the Triton kernel {name} failed on this machine ({type(err).__name__}: {err}); "
+                           "set PATHREPLAY_KERNELS=torch to run the torch operations instead") from err
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of x's last dimension: x * rsqrt(mean(x^2) + eps) * weight in float32, rounded
     once to x's dtype (Hugging Face's LlamaRMSNorm rounds before the weight)."""
@@ -43,8 +54,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     rows = rows if rows.stride(-1) == 1 else rows.contiguous()
     out = torch.empty_like(rows, memory_format=torch.contiguous_format)
     block = triton.next_power_of_2(n)
-    _rms_norm[(rows.shape[0],)](rows, weight, out, n, rows.stride(0), eps, BLOCK=block,
-                                num_warps=min(16, max(1, block // 256)))
+    _launch(_rms_norm, (rows.shape[0],), rows, weight, out, n, rows.stride(0), eps, BLOCK=block,
+            num_warps=min(16, max(1, block // 256)))
     return out.view(x.shape)
 
 
@@ -59,8 +70,8 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows = rows if rows.stride(-1) == 1 else rows.contiguous()
     out = rows.new_empty(rows.shape[0], n)
     block = 1024
-    _silu_mul[(rows.shape[0], triton.cdiv(n, block))](rows, out, n, rows.stride(0), BLOCK=block,
-                                                      num_warps=4)
+    _launch(_silu_mul, (rows.shape[0], triton.cdiv(n, block)), rows, out, n, rows.stride(0), BLOCK=block,
+            num_warps=4)
     return out.view(*gate.shape)
 
 
@@ -82,8 +93,8 @@ def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: to
         return qk[:, :, :nq].reshape(B, s, n_kv, g, hd).permute(0, 2, 3, 1, 4).reshape(B * n_kv, g * s, hd)
     assert qkv.is_contiguous() and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     q = qkv.new_empty(B, n_kv, g, s, hd)
-    _rope_write[(B * s, heads)](qkv, cos.contiguous(), sin.contiguous(), cols, q, k_cache, v_cache,
-                                s, nq, n_kv, g, *k_cache.stride()[:3], HD=hd, num_warps=1)
+    _launch(_rope_write, (B * s, heads), qkv, cos.contiguous(), sin.contiguous(), cols, q, k_cache, v_cache,
+            s, nq, n_kv, g, *k_cache.stride()[:3], HD=hd, num_warps=1)
     return q.view(B * n_kv, g * s, hd)
 
 
