@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from unittest import mock
 
 import torch
 
@@ -127,18 +128,15 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
                  ) -> tuple[float, float, float]:
     """Seconds of a 1-token call, the first full call (graph capture included) and the next one,
     on a fresh engine; NaN if it fails (the other columns of a run on a lent machine survive)."""
-    os.environ["PATHREPLAY_KERNELS"] = kernels
     eng = Engine(model, batch, prompt + new, graphs=graphs)
     try:
-        one = engine_generate(model, batch, prompt, 1, patches, capture, eng)
-        first = engine_generate(model, batch, prompt, new, patches, capture, eng)
-        return one, first, engine_generate(model, batch, prompt, new, patches, capture, eng)
+        with mock.patch.dict(os.environ, PATHREPLAY_KERNELS=kernels):
+            return tuple(engine_generate(model, batch, prompt, n, patches, capture, eng) for n in (1, new, new))
     except RuntimeError as err:
         print(f"engine (graphs {graphs}, kernels {kernels}) failed at batch {batch}: {err}")
         return (float("nan"),) * 3
     finally:
         del eng
-        os.environ.pop("PATHREPLAY_KERNELS")
 
 
 def profile_decode(model, batch, prompt, new, feat, capture) -> None:

@@ -55,8 +55,7 @@ def write_saelens(folder: Path, W_enc, b_enc, W_dec, b_dec, *, block: int, archi
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_lm():
+def make_tiny_lm():
     """A random 3-block Llama with a byte-level tokenizer; deterministic."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -70,6 +69,12 @@ def tiny_lm():
                       pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg).eval()
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """make_tiny_lm(), once per session."""
+    return make_tiny_lm()
 
 
 @pytest.fixture(scope="session")

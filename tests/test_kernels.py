@@ -51,42 +51,38 @@ print("ok")
 ENGINE = r"""
 import os
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-from pathreplay.demo import build_tokenizer
+from conftest import make_tiny_lm
 from pathreplay.engine import Engine
 from pathreplay.generate import generate
 from pathreplay.patch import Interventions
 
-tok = build_tokenizer(["Choice: 1) Bet $10\n2) Stop\nRound 1: Bet $10, Win, Balance $120\n"] * 20, 300)
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-model = LlamaForCausalLM(cfg).eval()
+model, tok = make_tiny_lm()
 runs = []
 for impl in ("triton", "torch"):
     os.environ["PATHREPLAY_KERNELS"] = impl
-    iv = Interventions(model, (), [0, 1])
+    iv = Interventions(model, (), [0, 1, 2])
     gen = generate(model, tok, ["Choice: 1) Bet", "Round 1: Bet $10, Win"], [3, 4], max_new_tokens=6,
                    temperature=0.7, interventions=iv, engine=Engine(model, batch=2, max_len=64), prefill_chunk=4)
     runs.append((gen, iv))
 (a, iva), (b, ivb) = runs
 assert torch.equal(a.tokens, b.tokens), (a.tokens, b.tokens)
-for blk in (0, 1):
+for blk in (0, 1, 2):
     assert torch.allclose(iva.states(blk), ivb.states(blk), atol=1e-5)
 print("ok")
 """
 
 
 def _interpret(script: str) -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1", PATHREPLAY_KERNELS="triton")
+    tests = os.path.dirname(os.path.abspath(__file__))  # for conftest's make_tiny_lm
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, TRITON_INTERPRET="1", PATHREPLAY_KERNELS="triton", PYTHONPATH=path)
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                          check=False)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
-needs_triton = pytest.mark.skipif(kernels.triton is None, reason="needs triton (the test extra installs it on "
-                                                                 "Linux x86_64)")
+needs_triton = pytest.mark.skipif(kernels.triton is None,
+                                  reason="needs triton (the test extra installs it on Linux x86_64)")
 
 
 @needs_triton

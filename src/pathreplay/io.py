@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import fail
+
 
 def _default_mode(is_dir: bool) -> int:
     # mkstemp/mkdtemp create 0600/0700 files; give results the permissions of a plain open().
@@ -80,8 +82,6 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def iter_jsonl(path: str | os.PathLike[str], what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-empty line; a bad line is one UserError."""
-    from .errors import fail
-
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():

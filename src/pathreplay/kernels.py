@@ -38,10 +38,17 @@ def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None
     """Run a Triton kernel; if it cannot compile or launch here, say which switch avoids it."""
     try:
         kernel[grid](*args, **meta)
-    except Exception as err:
+    except Exception as err:  # the whole compiler report stays in the chained traceback
         name = getattr(kernel, "__name__", "kernel").lstrip("_")
-        raise RuntimeError(f"the Triton kernel {name} failed on this machine ({type(err).__name__}: {err}); "
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise RuntimeError(f"the Triton kernel {name} failed on this machine ({type(err).__name__}: {first}); "
                            "set PATHREPLAY_KERNELS=torch to run the torch operations instead") from err
+
+
+def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x as [rows, n] with unit stride along n, as the kernels index it (a view when it can be)."""
+    rows = x.reshape(-1, n)
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -50,8 +57,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if not use_triton(x):
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     n = x.shape[-1]
-    rows = x.reshape(-1, n)
-    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    rows = _rows(x, n)
     out = torch.empty_like(rows, memory_format=torch.contiguous_format)
     block = triton.next_power_of_2(n)
     _launch(_rms_norm, (rows.shape[0],), rows, weight, out, n, rows.stride(0), eps, BLOCK=block,
@@ -62,17 +68,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """SiLU(gate) * up for gate_up = [gate | up] along the last dimension, in float32, rounded
     once to gate_up's dtype."""
-    gate, up = gate_up.chunk(2, dim=-1)
     if not use_triton(gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
-    n = gate.shape[-1]
-    rows = gate_up.reshape(-1, 2 * n)
-    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    n = gate_up.shape[-1] // 2
+    rows = _rows(gate_up, 2 * n)
     out = rows.new_empty(rows.shape[0], n)
     block = 1024
     _launch(_silu_mul, (rows.shape[0], triton.cdiv(n, block)), rows, out, n, rows.stride(0), BLOCK=block,
             num_warps=4)
-    return out.view(*gate.shape)
+    return out.view(*gate_up.shape[:-1], n)
 
 
 def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor,
