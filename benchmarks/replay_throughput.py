@@ -264,14 +264,15 @@ def main() -> None:
         print(f"{batch:>5} | {dec_a:>13,.0f} {dec_e:>10,.0f} {dec_t:>9,.0f} {dec_b:>8,.0f} {dec_b / dec_a:>6.2f} {floor:>8,.0f} "
               f"{dec_b / floor:>8.1%} | {tot / a:>17,.0f} {tot / b:>8,.0f} {tot / first:>8,.0f} | "
               f"{peak:>7.2f} {bound:>6.2f}")
-    if args.profile and dev.type == "cuda":
-        profile_decode(model, args.batch[-1], args.prompt, args.new, feat, cap)
     rate = encode_rate(dev, model.config.hidden_size)
     print(f"encode + top-k, one 32K-feature layer, 8,192 rows: {rate:,.0f} rows/s")
-    if args.json:
-        with open(args.json, "w") as fh:
+    if args.json:  # before the profile, so a profile that fails keeps the numbers
+        with open(args.json + ".part", "w") as fh:  # pathreplay.io needs pandas, the lent machine may not
             json.dump({"shape": args.shape, "device": args.device, "rows": rows,
                        "encode_rows_per_s": rate}, fh, indent=2)
+        os.replace(args.json + ".part", args.json)
+    if args.profile and dev.type == "cuda":
+        profile_decode(model, args.batch[-1], args.prompt, args.new, feat, cap)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,33 @@ def test_prompt_longer_than_context_refused_before_gpu_work():
     long = Prompt("long", "Round 1: Bet $10, Win, Balance $120\n" * 60, "safe")
     with pytest.raises(UserError, match=r"prompt 'long' has \d+ tokens; .* context of 512.*shorten"):
         check_prompt_lengths([long], "p.jsonl", str(DEMO / "model"), 12)
-    with pytest.raises(UserError, match="cannot name a file"):
-        check_prompt_lengths([Prompt("a/b", "x", "safe")], "p.jsonl", str(DEMO / "model"), 12)
     check_prompt_lengths([Prompt("ok", "Choice: ", "safe")], "p.jsonl", str(DEMO / "model"), 12)
+    with pytest.raises(UserError, match=r"model.path='.*nowhere'.*cannot read its tokenizer"):
+        check_prompt_lengths([Prompt("ok", "x", "safe")], "p.jsonl", str(DEMO / "nowhere"), 12)
+
+
+def test_prompt_id_that_cannot_name_a_file_refused(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"id": "ok", "text": "x", "context": "c"}) + "\n"
+                 + json.dumps({"id": "state/00", "text": "x", "context": "c"}) + "\n")
+    with pytest.raises(UserError, match=r"p.jsonl:2: prompt id 'state/00' cannot name a file"):
+        read_prompts(str(f))
+
+
+def test_schema_error_becomes_one_line():
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+
+    from pathreplay.config import schema_message
+
+    def validate():  # as snakemake.utils.validate reports it
+        try:
+            jsonschema.validate({"model": {"dtype": "x"}},
+                                {"properties": {"model": {"properties": {"dtype": {"enum": ["float32"]}}}}})
+        except jsonschema.ValidationError as e:
+            raise WorkflowError("Error validating config file.", e)
+
+    with pytest.raises(WorkflowError) as err:
+        validate()
+    msg = schema_message(err.value)
+    assert msg == "config model.dtype: 'x' is not one of ['float32']; see config/README.md for what it takes"

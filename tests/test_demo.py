@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import shutil
 
-from conftest import DEMO
+import pytest
+from conftest import DEMO, make_tiny_lm
 
 from pathreplay.config import read_prompts
-from pathreplay.demo import measure_figures
+from pathreplay.demo import block_outputs, measure_figures
 from pathreplay.game import exp2_prompts
 from pathreplay.sae import read_meta, sae_dir
 
@@ -46,3 +47,23 @@ def test_hub_template_reads_one_layer_folder(tmp_path, monkeypatch):
     assert read_meta(folder, "llamascope", 2).hook == "blocks.2.hook_resid_post"
     assert calls[0][0] == "fnlp/Llama3_1-8B-Base-LXR-8x"
     assert all(p.startswith("Llama3_1-8B-Base-L2R-8x/") for p in calls[0][1])
+
+
+def test_block_outputs_feeds_the_model_on_its_device():
+    # No GPU in CI: parameters on `meta` stand for a model on another device than the CPU, where
+    # block_outputs builds its ids. The forward cannot run there, so the hook stops it once seen.
+    model, tok = make_tiny_lm()
+    model.to("meta")
+    seen: dict[str, str] = {}
+
+    class Seen(Exception):
+        pass
+
+    def record(module, args, kwargs):
+        seen.update({k: v.device.type for k, v in kwargs.items() if hasattr(v, "device")})
+        raise Seen
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    with pytest.raises(Seen):
+        block_outputs(model, tok, [("Choice: 1) Bet $10", " 2) Stop")])
+    assert seen == {"input_ids": "meta", "attention_mask": "meta", "position_ids": "meta"}

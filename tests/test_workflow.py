@@ -195,6 +195,21 @@ def test_bad_config_gets_one_line_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("config, says", [
+    ({"model": {"dtype": "float8"}}, "config model.dtype: 'float8' is not one of"),
+    ({"screen": {"prompts": ["nope"]}}, "screen.prompts: ids ['nope'] are not in"),
+    ({"words": {"logs": ["no/such/*.jsonl"]}}, "words.logs: 'no/such/*.jsonl': matches no file"),
+    ({"exp1": {"games": "many"}}, "config exp1.games: 'many' is not of type 'integer'"),
+])
+def test_bad_config_is_one_line_at_the_start(tmp_path, config, says):
+    # Each of these was once caught only by a job, after hours of GPU work, or as a traceback.
+    r = snakemake(tmp_path, "-n", config=config)
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("pathreplay: error:")]
+    assert len(errors) == 1 and says in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "results").exists()
+
+
 def test_unknown_condition_refused_up_front(tmp_path):
     r = snakemake(tmp_path, "-n", config={"replay": {"conditions": ["bankrupt_mean"]}})
     assert r.returncode != 0

@@ -36,7 +36,8 @@ def paired_bet_p(base: np.ndarray, patched: np.ndarray) -> float:
 
 def behaviour_effects(patched: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     """One row per (feature, condition, prompt): stop rates with Wilson CIs, mean bets, paired
-    p-values, and BH q-values over all rows (stop and bet tested separately)."""
+    p-values (McNemar for stops, Wilcoxon for bets), and BH q-values over the stop and bet
+    p-values of all rows together: one family, since a feature is judged on either."""
     base = baseline.set_index(["prompt_id", "trial"])
     rows = []
     for key, g in (patched.groupby(KEYS, sort=True) if len(patched) else []):

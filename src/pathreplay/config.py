@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,9 @@ def resolve(path: str, repo: Path) -> str:
     return path
 
 
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # ids name the baseline's files
+
+
 class Prompt(NamedTuple):
     """One candidate prompt."""
 
@@ -43,6 +47,8 @@ def read_prompts(path: str) -> list[Prompt]:
             if key not in rec:
                 fail(f"{path}:{n}", f"field {key!r} missing", 'give every line {"id", "text", "context"}')
         pid, text = str(rec["id"]), str(rec["text"])
+        if not _SAFE_ID.match(pid):
+            fail(f"{path}:{n}", f"prompt id {pid!r} cannot name a file", "use letters, digits, '_', '-' and '.' only")
         if not text.strip():
             fail(f"{path}:{n}", f"prompt {pid!r} is empty", "remove it or give it text")
         if pid in seen:
@@ -85,7 +91,7 @@ def check_config(config: dict[str, Any], repo: Path) -> None:
             fail(f"saes.path={config['saes']['path']!r}", f"the SAEs disagree on d_model ({sorted(d_models)})",
                  "use SAEs of one model")
     if config.get("prompts", {}).get("file"):
-        read_prompts(config["prompts"]["file"])
+        check_prompts(config)
     table = (config.get("features") or {}).get("table")
     if table and "saes" in config:
         from .features import read_feature_table, validate_feature_table
@@ -95,6 +101,34 @@ def check_config(config: dict[str, Any], repo: Path) -> None:
         validate_feature_table(df, table, sae_layers={k: (m.d_model, m.d_sae) for k, m in metas.items()},
                                relu_family=all(m.activation != "topk" for m in metas.values()),
                                allow_suspicious=bool(f.get("allow_suspicious")))
+
+
+def check_prompts(config: Mapping[str, Any]) -> None:
+    """The prompts file, the screen's prompt ids, and every prompt's length with its generation
+    against the model's context (its tokenizer and config only, no weights)."""
+    from .model import check_prompt_lengths
+
+    path = config["prompts"]["file"]
+    prompts = read_prompts(path)
+    screen = config.get("screen") or {}
+    on = bool(screen.get("enabled"))
+    missing = [i for i in (screen.get("prompts") or []) if i not in {q.id for q in prompts}] if on else []
+    if missing:
+        fail("screen.prompts", f"ids {missing} are not in {path}", "use ids from prompts.file")
+    if (config.get("model") or {}).get("path"):
+        m = config["model"]
+        longest = max([config.get("replay", {}).get("max_new_tokens", 0)]
+                      + ([screen.get("max_new_tokens", 0)] if on else []))
+        check_prompt_lengths(prompts, path, m["path"], longest, bool(m.get("trust_remote_code")))
+
+
+def schema_message(err: BaseException) -> str:
+    """Snakemake's report of a config that breaks the schema, as one line: the key and what is wrong."""
+    cause = err.__cause__ or err.__context__  # snakemake raises while handling jsonschema's error
+    if hasattr(cause, "absolute_path") and hasattr(cause, "message"):
+        key = ".".join(map(str, cause.absolute_path)) or "(top level)"
+        return f"config {key}: {cause.message}; see config/README.md for what it takes"
+    return str(err).strip().splitlines()[0]
 
 
 def replay_estimate(config: Mapping[str, Any]) -> str:

@@ -152,6 +152,7 @@ def _ids(tok: Any, prompt: str, response: str) -> list[int]:
 def block_outputs(model: Any, tok: Any, pairs: list[tuple[str, str]], batch: int = 64) -> dict[int, torch.Tensor]:
     """Every block's output at every non-BOS position of (prompt, answer) pairs."""
     n_blocks = model.config.num_hidden_layers
+    dev = next(model.parameters()).device
     acc: dict[int, list[torch.Tensor]] = {b: [] for b in range(n_blocks)}
     for i in range(0, len(pairs), batch):
         seqs = [_ids(tok, p, r) for p, r in pairs[i: i + batch]]
@@ -160,7 +161,9 @@ def block_outputs(model: Any, tok: Any, pairs: list[tuple[str, str]], batch: int
         mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
         iv = Interventions(model, capture=range(n_blocks), capture_prompt="all")
         with iv.active():
-            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(dev))
+        # built from the CPU ids and mask: it indexes iv.states, which are on the CPU
         keep = mask.bool() & (ids != tok.bos_token_id)
         for b in range(n_blocks):
             acc[b].append(iv.states(b)[keep])

@@ -14,16 +14,17 @@ seeds; any discovery there is a false one, which measures the false-discovery ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 from scipy import stats as sps
 
 from .stats import bh
 
-SCOPES = ("prompt_last", "generated")
 EDGE_COLUMNS = ["source_layer", "source_feature", "condition", "target_layer", "target_feature",
                 "scope", "mean_baseline", "mean_patched", "delta", "effect_size", "p_value",
                 "q_value", "n_trials", "n_prompts", "prompts_replicated", "robust"]
@@ -36,6 +37,48 @@ class Pairs(NamedTuple):
     prompt: np.ndarray  # [n] prompt id per pair
     treated: list[tuple[str, int]]
     control: list[tuple[str, int]]
+
+
+class FeatureEffects(NamedTuple):
+    """One source feature's tested rows, and the same tests on placebo vs baseline trials."""
+
+    effects: pd.DataFrame
+    placebo: pd.DataFrame
+
+
+def code_layer(path: str | Path) -> int:
+    """The target layer of a codes file: results/encode/L<layer>.parquet -> layer."""
+    return int(Path(path).stem.removeprefix("L"))
+
+
+def read_codes(paths: Iterable[str | Path], parts: list[str]) -> dict[int, pd.DataFrame]:
+    """Code rows of the given parts per target layer, in file order; a codes file holds every
+    part's rows, so the filter keeps the read to this feature's trials."""
+    return {code_layer(f): ds.dataset(str(f)).to_table(filter=ds.field("part").isin(parts)).to_pandas()
+            for f in paths}
+
+
+def pairs_of(treated: pd.DataFrame, control: pd.DataFrame, condition: str) -> Pairs:
+    """Pair treated and control trials that share a prompt and a trial number (one seed); rows of
+    either side without a partner are dropped. Both tables need prompt_id, trial, part and row."""
+    m = treated.merge(control, on=["prompt_id", "trial"], suffixes=("_t", "_c"))
+    return Pairs(condition, m["prompt_id"].to_numpy(), list(zip(m["part_t"], m["row_t"])),
+                 list(zip(m["part_c"], m["row_c"])))
+
+
+def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
+                    min_delta: float, min_prompts: int) -> FeatureEffects:
+    """Effects of one source feature: each patched condition against the baseline trials, and the
+    placebo trials (if any) against the same baseline trials. `patched` holds one feature's
+    trials; both tables carry a `part` column naming their rows in the codes."""
+    main = baseline[baseline["condition"] == "baseline"]
+    layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
+    pairs = [pairs_of(g, main, cond) for cond, g in patched.groupby("condition")]
+    eff = source_effects(codes_by_layer, pairs, layer, fid, min_delta, min_prompts)
+    plac = baseline[baseline["condition"] == "placebo"]
+    placebo = source_effects(codes_by_layer, [pairs_of(plac, main, "placebo")] if len(plac) else [],
+                             layer, fid, min_delta, min_prompts)
+    return FeatureEffects(eff, placebo)
 
 
 def _dense(codes: pd.DataFrame, keys: list[tuple[str, int]], column: str, feats: np.ndarray) -> np.ndarray:

@@ -7,15 +7,27 @@ are written, so a 32K-feature layer costs what its active features cost.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors import safe_open
+from tqdm import tqdm
 
 from .sae import SAE
+
+log = logging.getLogger(__name__)
+
+
+def part_of(path: str | Path) -> str:
+    """The part a replay output belongs to, as the codes name it: the file's kind and job folder,
+    results/replay/patched/s000/L3.safetensors or .../patched/s000/trials.parquet -> 'patched/s000'."""
+    p = Path(path)
+    return f"{p.parent.parent.name}/{p.parent.name}"
 
 
 class LayerQuality(NamedTuple):
@@ -42,13 +54,16 @@ def encode_parts(sae: SAE, parts: Sequence[tuple[str, str]], layer: int, chunk: 
     training distribution by construction, and would say more about the patch than the SAE."""
     frames = []
     err = tot = sq = 0.0
-    n_pos = 0
+    n_pos = n_rows = 0
     l0_sum = 0.0
     ever = torch.zeros(sae.meta.d_sae, dtype=torch.bool, device=sae.W.device)
     sums = torch.zeros(sae.meta.d_model, dtype=torch.float64)
-    for part, path in parts:
+    bar = tqdm(parts, desc=f"encode L{layer}", unit="part", mininterval=5)
+    for part, path in bar:
         states, n_valid = read_states(path)
-        rows, width, d = states.shape
+        rows, width, _ = states.shape
+        n_rows += rows
+        bar.set_postfix(rows=n_rows, refresh=False)
         valid = torch.arange(width)[None, :] <= n_valid[:, None]  # position 0 is the prompt's last
         last = torch.zeros(rows, sae.meta.d_sae)
         gen = torch.zeros(rows, sae.meta.d_sae)
@@ -81,4 +96,7 @@ def encode_parts(sae: SAE, parts: Sequence[tuple[str, str]], layer: int, chunk: 
     codes["part"] = codes["part"].astype("category")
     quality = LayerQuality(layer, err / tot if tot > 0 else float("nan"), l0_sum / max(1, n_pos),
                            float((~ever).float().mean()), n_pos)
+    log.info("layer %d: %d rows from %d parts encoded, %d non-zero codes; on the baselines' %d "
+             "positions FVU %.4f, L0 %.1f, dead fraction %.4f", layer, n_rows, len(parts),
+             len(codes), n_pos, quality.fvu, quality.l0, quality.dead_fraction)
     return codes, quality

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import game
 from .decision import parse_decision
+from .errors import fail
 from .features import CANONICAL
 from .generate import generate, stop_token_ids
 from .patch import Interventions
@@ -92,7 +93,8 @@ def feature_table(result: Exp1Result, load_sae: Callable[[int], SAE], source: st
     bank = (result.games["outcome"] == "bankrupt").to_numpy()
     stop = (result.games["outcome"] == "stopped").to_numpy()
     if bank.sum() < 2 or stop.sum() < 2:
-        raise ValueError(f"need >= 2 bankrupt and >= 2 stopped games, got {bank.sum()} and {stop.sum()}")
+        fail("exp1.games", f"Cohen's d needs >= 2 bankrupt and >= 2 stopped games; the games gave "
+             f"{bank.sum()} and {stop.sum()}", "raise exp1.games or exp1.max_rounds")
     parts = []
     for layer in sorted(result.states):
         sae = load_sae(layer)

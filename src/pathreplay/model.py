@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,21 +44,20 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto",
     return model, tok
 
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
 def check_prompt_lengths(prompts: Sequence[Any], where: str, model_path: str, max_new_tokens: int,
                          trust_remote_code: bool = False) -> None:
-    """Refuse, before any GPU work, prompts whose ids cannot name a file or which the model
-    cannot hold together with their generation. Loads the tokenizer and config only."""
+    """Refuse, before any GPU work, prompts which the model cannot hold together with their
+    generation. Loads the tokenizer and config only."""
     from transformers import AutoConfig, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    ctx = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code),
-                  "max_position_embeddings", None)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        fail(f"model.path={model_path!r}", f"cannot read its tokenizer and config: {str(e).splitlines()[0]}",
+             "point model.path at a folder with config.json and tokenizer files, or a reachable hub id")
+    ctx = getattr(cfg, "max_position_embeddings", None)
     for q in prompts:
-        if not _SAFE_ID.match(q.id):
-            fail(where, f"prompt id {q.id!r} cannot name a file", "use letters, digits, '_', '-' and '.' only")
         n = len(tok(q.text)["input_ids"])
         if ctx and n + max_new_tokens > ctx:
             fail(where, f"prompt {q.id!r} has {n} tokens; with {max_new_tokens} new tokens it exceeds the "

@@ -6,19 +6,20 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .config import Prompt
 from .decision import parse_decision
 from .engine import engine_for, supports
 from .generate import generate
 from .patch import Interventions, Patch
-from .plan import CaptureSpec
-from .sae import SAE, Feature
+from .plan import CaptureSpec, Condition
+from .sae import SAE, Feature, load_sae, sae_dir
 
 log = logging.getLogger(__name__)
 _FIXED = re.compile(r"1\)\s*Bet \$(\d+)\s*$", re.M)
@@ -109,6 +110,58 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
     trials = pd.DataFrame(records).drop(columns=["text"]) if records else pd.DataFrame()
     states = {b: torch.cat(v) if v else torch.zeros(0) for b, v in parts.items()}
     return ReplayResult(trials, states)
+
+
+def run_baseline(model: Any, tok: Any, prompt: Prompt, trials: int, seed: int, s: ReplaySettings,
+                 placebo: bool = False) -> ReplayResult:
+    """One prompt's unpatched trials, then (with placebo) as many on an independent seed stream."""
+    from .screen import baseline_jobs  # screen imports this module
+
+    jobs = baseline_jobs([prompt], trials, seed)
+    if placebo:
+        jobs += baseline_jobs([prompt], trials, seed, stream="placebo", condition="placebo")
+    res = run_jobs(model, tok, jobs, s, desc=f"baseline {prompt.id}")
+    # Patched tables carry these columns too, so baseline and patched tables concatenate.
+    return res._replace(trials=res.trials.assign(feature="", layer=-1, feature_id=-1))
+
+
+def run_features(model: Any, tok: Any, selected: pd.DataFrame, plan: pd.DataFrame,
+                 prompts: Mapping[str, Prompt], features: Mapping[str, tuple[int, Feature]],
+                 conditions: Sequence[Condition], trials: int, seed: int, s: ReplaySettings, *,
+                 saes: Mapping[str, Any] | None = None, device: str | torch.device = "cpu") -> ReplayResult:
+    """Patched trials of every feature of `selected` (indexed by name, in that order) on its prompts
+    in `plan` (feature, prompt_id), as one result; `features`: name -> (block, feature slice).
+    `saes` (path, format) is read only in reconstruct mode."""
+    from .screen import patched_jobs  # screen imports this module
+
+    results = []
+    for name, row in selected.iterrows():
+        block, feat = features[name]
+        # One whole SAE in memory at a time: the previous feature's is let go before this one loads.
+        sae = None
+        if s.mode == "reconstruct":
+            if saes is None:
+                raise ValueError("reconstruct mode needs the SAEs (saes=)")
+            sae = load_sae(sae_dir(saes["path"], block), saes["format"], block, device)
+        mine = [prompts[i] for i in plan.loc[plan["feature"] == name, "prompt_id"]]
+        res = run_jobs(model, tok, patched_jobs(mine, row, conditions, trials, seed), s,
+                       feature=feat, block=block, sae=sae, desc=f"patched {name}")
+        results.append(res._replace(trials=res.trials.assign(feature=name, layer=block,
+                                                             feature_id=int(row["feature_id"]))))
+    return stack_results(results, s.capture_layers)
+
+
+def stack_results(results: Sequence[ReplayResult], layers: Sequence[int]) -> ReplayResult:
+    """Several results as one: `row` numbered on across them (it indexes the stacked states),
+    trials and each layer's states concatenated in the same order."""
+    if not results:
+        raise ValueError("no results to stack")
+    parts, offset = [], 0
+    for r in results:
+        parts.append(r.trials.assign(row=r.trials["row"] + offset))
+        offset += len(r.trials)
+    return ReplayResult(pd.concat(parts, ignore_index=True),
+                        {b: torch.cat([r.states[b] for r in results]) for b in layers})
 
 
 def _fidelity(iv: Interventions, lengths: torch.Tensor) -> dict[str, list[float]]:

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -10,17 +11,21 @@ min_version("9.0")
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
-from pathreplay.config import check_config, replay_estimate, resolve  # noqa: E402
-from pathreplay.errors import UserError  # noqa: E402
+from pathreplay.config import check_config, replay_estimate, schema_message  # noqa: E402
+from pathreplay.errors import UserError, run_cli  # noqa: E402
 
-validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-try:
+
+def _check_config():
+    """Schema, then what it cannot express; the capture estimate. Bad input: one line, exit 2."""
+    try:
+        validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    except WorkflowError as err:
+        raise UserError(schema_message(err)) from err
     check_config(config, REPO)
-    ESTIMATE = replay_estimate(config)
-except UserError as err:
-    # One line for the user, no traceback, nothing written.
-    print(f"pathreplay: error: {err}", file=sys.stderr)
-    sys.exit(2)
+    return replay_estimate(config)
+
+
+ESTIMATE = run_cli(_check_config)
 if ESTIMATE:
     print(f"pathreplay: {ESTIMATE}", file=sys.stderr)
 

@@ -24,5 +24,7 @@ rule demo_figures:
         saes=config["saes"],
         seed=config["seed"],
         device=config["device"],
+    resources:
+        gpu=1,
     script:
         "../scripts/demo_figures.py"

@@ -1,10 +1,11 @@
 from pathreplay.demo import measure_figures
 from pathreplay.io import write_table
-from pathreplay.workflow import run_script
+from pathreplay.workflow import claim_device, run_script
 
 
 def main(sm):
     p = sm.params
+    claim_device(p.device)
     table = measure_figures(p.model["path"], p.saes["path"], p.saes["layers"], p.saes["format"],
                             seed=p.seed, device=p.device)
     write_table(table, sm.output[0])

@@ -1,15 +1,9 @@
 import pandas as pd
 
-from pathreplay.encode import encode_parts
+from pathreplay.encode import encode_parts, part_of
 from pathreplay.io import write_table
 from pathreplay.sae import load_sae, sae_dir
 from pathreplay.workflow import claim_device, run_script
-
-
-def part_name(path: str) -> str:
-    """'results/replay/patched/s000/L3.safetensors' -> 'patched/s000'."""
-    kind, name = path.split("/")[-3:-1]
-    return f"{kind}/{name}"
 
 
 def main(sm):
@@ -17,7 +11,7 @@ def main(sm):
     dev = claim_device(sm.params.device)
     s = sm.params.saes
     sae = load_sae(sae_dir(s["path"], layer), s["format"], layer, dev)
-    codes, quality = encode_parts(sae, [(part_name(f), f) for f in sm.input], layer)
+    codes, quality = encode_parts(sae, [(part_of(f), f) for f in sm.input], layer)
     write_table(codes, sm.output.codes)
     write_table(pd.DataFrame([quality._asdict()]), sm.output.quality)
 

@@ -1,5 +1,4 @@
 from pathreplay.config import read_prompts
-from pathreplay.errors import fail
 from pathreplay.features import read_feature_table
 from pathreplay.io import write_table
 from pathreplay.plan import parse_conditions, select_features
@@ -13,11 +12,8 @@ def main(sm):
     candidates = select_features(table, top_n=s["top_n"], shard_size=s["top_n"],
                                  sae_layers=p.saes["layers"])
     prompts = read_prompts(p.prompts["file"])
-    if s["prompts"]:
+    if s["prompts"]:  # ids checked at the start
         known = {q.id: q for q in prompts}
-        missing = [i for i in s["prompts"] if i not in known]
-        if missing:
-            fail("screen.prompts", f"ids {missing} are not in {p.prompts['file']}", "use ids from prompts.file")
         prompts = [known[i] for i in s["prompts"]]
     model, tok = open_model(p)
     dev = next(model.parameters()).device

@@ -5,7 +5,6 @@ import pandas as pd
 
 from pathreplay.config import read_prompts
 from pathreplay.io import write_table
-from pathreplay.model import check_prompt_lengths
 from pathreplay.plan import prompts_for_features
 from pathreplay.workflow import feature_slices, open_model, run_script
 
@@ -14,8 +13,6 @@ def main(sm):
     p = sm.params
     selected = pd.read_csv(sm.input.selected, sep="\t")
     prompts = read_prompts(p.prompts["file"])
-    check_prompt_lengths(prompts, p.prompts["file"], p.model["path"], p.replay["max_new_tokens"],
-                         p.model.get("trust_remote_code", False))
     activations = None
     if p.prompts["strategy"] == "top_activation" and len(selected):
         from pathreplay.generate import encode_prompts

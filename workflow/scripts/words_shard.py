@@ -7,7 +7,7 @@ from pathreplay.workflow import run_script
 
 
 def main(sm):
-    cfg = words_config(sm.config.get("words"))
+    cfg = words_config(sm.params.words)
     logs = list(sm.params.logs)
     if not logs:
         fail("config words.logs", "is empty", "list your trial logs (paths or globs) under words.logs")
