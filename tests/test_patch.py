@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pathreplay.generate import generate, sample, uniforms
-from pathreplay.patch import Interventions, Patch
+from pathreplay.patch import Interventions, Patch, last_position_values
 from pathreplay.sae import load_feature, load_sae
 
 PROMPTS = ["Choice: 1) Bet $10\n2) Stop\nChoice: ", "Round 1: Bet $10, Win"]
@@ -142,3 +142,18 @@ def test_two_level_sampler_matches_one_cumulative_sum():
         cdf = torch.softmax(logits.double() / 0.7, -1).cumsum(-1)
         want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0].clamp(max=V - 1)
         assert torch.equal(sample(logits, u, 0.7, block=block), want)
+
+
+def test_last_position_values_do_not_depend_on_the_batch(tiny_lm, tiny_saes):
+    # A left-padded batch reads each text's own last token, at the block asked for.
+    model, tok = tiny_lm
+    # features active on both prompts (0.08-0.3 here); the last block's hidden state is normed
+    feats = {"a": (0, _feature(tiny_saes, 0, 7)), "b": (1, _feature(tiny_saes, 1, 20))}
+    both = last_position_values(model, tok, PROMPTS, feats)
+    for r, text in enumerate(PROMPTS):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # [0] = embeddings
+        for name, (b, f) in feats.items():
+            alone = float(f.value(hidden[b + 1][0, -1]))
+            assert alone > 0.05 and both[name][r] == pytest.approx(alone, abs=1e-5)
+    assert len({len(tok(t)["input_ids"]) for t in PROMPTS}) == 2  # the batch really was padded

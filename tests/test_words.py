@@ -446,6 +446,12 @@ def test_snakemake_words_rule_end_to_end(tmp_path: Path) -> None:
         set(zip(direct.layer, direct.feature_id, direct.contrast, direct.text, direct.stem))
     assert len(json.loads((tmp_path / "results" / "words" / "causal_word_effects.json").read_text())) == 5
     assert len(list((tmp_path / "results" / "words" / "volcano").glob("*.png"))) == 2
+    # a changed words setting reruns the words rules (they read it through params)
+    (tmp_path / "config.yaml").write_text(json.dumps({"words": {**REAL_MAPPING, "logs": ["logs/*.jsonl"],
+                                                                "shards": 3, "top_features_plot": 2, "min_count": 6}}))
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "-n", "words"],
+                         cwd=tmp_path, capture_output=True, text=True, env={**__import__("os").environ, **env_path})
+    assert dry.returncode == 0 and "words_merge" in dry.stdout and "words_shard" in dry.stdout, dry.stderr[-2000:]
     # a user error in the logs surfaces as one line, no traceback
     (tmp_path / "logs" / "part0.jsonl").write_text('{"layer": 1}\n')
     (tmp_path / "results").rename(tmp_path / "old_results")

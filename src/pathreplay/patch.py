@@ -20,11 +20,13 @@ position and every generated token: what Exp2's hook did with the KV cache on), 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from .sae import SAE, Feature
 from .static import Store
@@ -216,3 +218,23 @@ class Interventions:
     def generated(self, j: int = 0) -> torch.Tensor:
         """Patch j's feature before and after the patch at each decode step: [2, batch, steps]."""
         return self.trace[j][:, :, : self.steps].cpu()
+
+
+@torch.no_grad()
+def last_position_values(model: torch.nn.Module, tok: Any, texts: Sequence[str],
+                         features: Mapping[str, tuple[int, Feature]], batch: int = 16) -> dict[str, np.ndarray]:
+    """Each feature's value (name -> (block, feature)) at the last token of each text, in
+    left-padded batches with positions counted from each text's first token, as in generation."""
+    from .generate import encode_prompts
+
+    dev = next(model.parameters()).device
+    blocks = sorted({b for b, _ in features.values()})
+    out = {name: np.zeros(len(texts)) for name in features}
+    for i in tqdm(range(0, len(texts), batch), desc="prompt activations", unit="batch", mininterval=5):
+        ids, mask = encode_prompts(tok, texts[i: i + batch], dev)
+        iv = Interventions(model, capture=blocks)
+        with iv.active():
+            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        for name, (b, f) in features.items():
+            out[name][i: i + len(ids)] = f.value(iv.states(b)[:, -1].to(f.w.device)).cpu().numpy()
+    return out
