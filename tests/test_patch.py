@@ -152,7 +152,8 @@ def test_last_position_values_do_not_depend_on_the_batch(tiny_lm, tiny_saes):
     both = last_position_values(model, tok, PROMPTS, feats)
     for r, text in enumerate(PROMPTS):
         ids = tok(text, return_tensors="pt")["input_ids"]
-        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # [0] = embeddings
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # [0] = embeddings
         for name, (b, f) in feats.items():
             alone = float(f.value(hidden[b + 1][0, -1]))
             assert alone > 0.05 and both[name][r] == pytest.approx(alone, abs=1e-5)
