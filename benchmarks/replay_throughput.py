@@ -135,8 +135,6 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
     except RuntimeError as err:
         print(f"engine (graphs {graphs}, kernels {kernels}) failed at batch {batch}: {err}")
         return (float("nan"),) * 3
-    finally:
-        del eng
 
 
 def profile_decode(model, batch, prompt, new, feat, capture) -> None:
@@ -186,11 +184,11 @@ def floor_tok_per_s(model, batch: int, dev: torch.device, dtype: torch.dtype) ->
     return batch / step
 
 
-def budget_gb(model, batch: int, max_len: int, new: int, n_layers: int) -> float:
+def budget_gb(model, batch: int, max_len: int, new: int) -> float:
     """The issue's bound on peak memory: weights + KV cache + capture buffer + 1 GiB."""
-    p = next(model.parameters())
-    size = p.element_size()
+    size = next(model.parameters()).element_size()
     cfg = model.config
+    n_layers = cfg.num_hidden_layers
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     weights = sum(t.numel() for t in model.parameters()) * size
     kv = 2 * n_layers * batch * cfg.num_key_value_heads * max_len * hd * size
@@ -254,7 +252,7 @@ def main() -> None:
         dec_a, dec_b, dec_e, dec_t = n_dec / (a - a1), n_dec / (b - b1), n_dec / (e - e1), n_dec / (t - t1)
         tot = batch * args.new
         floor = floor_tok_per_s(model, batch, dev, dtype)
-        bound = budget_gb(model, batch, args.prompt + args.new, args.new, n_layers)
+        bound = budget_gb(model, batch, args.prompt + args.new, args.new)
         rows.append({"batch": batch, "engine_tok_per_s": dec_b, "generate_tok_per_s": dec_a,
                      "floor_tok_per_s": floor, "peak_mem_gb": peak, "engine_eager_tok_per_s": dec_e,
                      "engine_torch_ops_tok_per_s": dec_t,

@@ -14,8 +14,7 @@ from conftest import write_llamascope
 
 from pathreplay.config import Prompt
 from pathreplay.effects import code_layer, edges, feature_effects, pairs_of, read_codes, source_effects
-from pathreplay.encode import part_of
-from pathreplay.encode import encode_parts
+from pathreplay.encode import encode_parts, part_of
 from pathreplay.io import write_tensors
 from pathreplay.pathways import chains
 from pathreplay.plan import CaptureSpec, Condition

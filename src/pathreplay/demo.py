@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import game, players
 from .decision import parse_decision
-from .generate import generate
+from .generate import generate, positions
 from .io import atomic_dir, write_json, write_tensors
 from .patch import Interventions
 from .sae import load_sae
@@ -162,7 +162,7 @@ def block_outputs(model: Any, tok: Any, pairs: list[tuple[str, str]], batch: int
         iv = Interventions(model, capture=range(n_blocks), capture_prompt="all")
         with iv.active():
             model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(dev))
+                  position_ids=positions(mask).to(dev))
         # built from the CPU ids and mask: it indexes iv.states, which are on the CPU
         keep = mask.bool() & (ids != tok.bos_token_id)
         for b in range(n_blocks):

@@ -183,8 +183,9 @@ class Engine:
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, iv: Interventions | None,
                 chunk: int = 0) -> torch.Tensor:
         """The prompt ids [B, n] (padding mask, positions), in chunks of `chunk` tokens
-        (0: PREFILL_TOKENS // rows); logits of its last column. Earlier chunks run in the `chunk` phase, so `exp2` patches and last-position
-        captures act on the final chunk's last column only."""
+        (0: PREFILL_TOKENS // rows); logits of its last column. Earlier chunks run in the `chunk`
+        phase, so `exp2` patches and last-position captures act on the final chunk's last column
+        only."""
         self.reset(mask)
         B, n = ids.shape
         step = min(n, chunk or max(1, PREFILL_TOKENS // B))

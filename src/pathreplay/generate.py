@@ -115,6 +115,11 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position counted from its row's first real token (left padding sits at 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], *,
              max_new_tokens: int, temperature: float,
@@ -139,7 +144,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence
     store = engine.store if engine is not None else None
     u = torch.stack([uniforms(s, max_new_tokens) for s in seeds])
     stop = stop_ids if stop_ids is not None else stop_token_ids(tokenizer, None)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    pos = positions(mask)
     rows = Rows(u, stop, tokenizer.pad_token_id, temperature, pos[:, -1], store)
     iv = interventions
     if iv is not None:
@@ -159,20 +164,22 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence
             iv.phase = "decode"
         if engine is not None:
             engine.decode(rows, iv, max_new_tokens - 1)
-        for _ in range(max_new_tokens - 1 if engine is None else 0):
-            if bool(rows.done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = model(input_ids=rows.tok[:, None], attention_mask=mask,
-                           position_ids=rows.pos[:, None], **cache, use_cache=True).logits[:, -1]
-            rows.take(logits)
-            if iv is not None:
-                iv.advance()
+        else:
+            seen = mask
+            for _ in range(max_new_tokens - 1):
+                if bool(rows.done.all()):
+                    break
+                seen = torch.cat([seen, torch.ones_like(seen[:, :1])], dim=1)
+                logits = model(input_ids=rows.tok[:, None], attention_mask=seen,
+                               position_ids=rows.pos[:, None], **cache, use_cache=True).logits[:, -1]
+                rows.take(logits)
+                if iv is not None:
+                    iv.advance()
     lengths = rows.lengths.cpu()
     steps = int(lengths.max())
     if iv is not None:
         iv.steps = steps - 1  # a decode step feeds each generated token but the last
     out = rows.out[:, :steps].cpu()
     texts = [tokenizer.decode(out[r, : int(lengths[r])], skip_special_tokens=True) for r in range(batch)]
-    return Generation(out, lengths, texts, mask[:, : ids.shape[1]].sum(-1).cpu(),
+    return Generation(out, lengths, texts, mask.sum(-1).cpu(),
                       top.indices.cpu(), top.values.cpu())

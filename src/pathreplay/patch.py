@@ -225,7 +225,7 @@ def last_position_values(model: torch.nn.Module, tok: Any, texts: Sequence[str],
                          features: Mapping[str, tuple[int, Feature]], batch: int = 16) -> dict[str, np.ndarray]:
     """Each feature's value (name -> (block, feature)) at the last token of each text, in
     left-padded batches with positions counted from each text's first token, as in generation."""
-    from .generate import encode_prompts
+    from .generate import encode_prompts, positions
 
     dev = next(model.parameters()).device
     blocks = sorted({b for b, _ in features.values()})
@@ -234,7 +234,7 @@ def last_position_values(model: torch.nn.Module, tok: Any, texts: Sequence[str],
         ids, mask = encode_prompts(tok, texts[i: i + batch], dev)
         iv = Interventions(model, capture=blocks)
         with iv.active():
-            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
         for name, (b, f) in features.items():
             out[name][i: i + len(ids)] = f.value(iv.states(b)[:, -1].to(f.w.device)).cpu().numpy()
     return out
