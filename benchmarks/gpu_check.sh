@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The engine's GPU checks and the H100 throughput table, as one device call (about 4 minutes):
+# The engine's GPU checks and the H100 throughput table, as one device call (150 s on an H100):
 #   bash benchmarks/gpu_check.sh          # writes gpu.json and gpu.log under $OUT (or benchmarks/)
 # Runs from the repository root with the machine's own torch and transformers (PYTHONPATH=src,
 # no install: pathreplay's engine needs nothing else).
