@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from typing import NamedTuple
 from unittest import mock
 
 import torch
@@ -125,13 +126,19 @@ def engine_generate(model, batch, prompt, new, patches, capture, eng) -> float:
     return time.perf_counter() - t0
 
 
-def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kernels="triton"
-                 ) -> tuple[float, float, float]:
-    """Seconds of the decode steps and of the whole call, the best of two warm calls, and of the
-    first call (graph capture included), on a fresh engine; NaN if it fails (the other columns of
-    a run on a lent machine survive). The decode steps are timed inside the call: a shorter call
-    to subtract would rebind the capture buffers to its length and drop the graphs, so the next
-    full call would capture them again (one ordering once read 11,731 for 12,690 tok/s so)."""
+class EngineTimes(NamedTuple):
+    """Seconds of one engine configuration's calls at one batch size."""
+
+    decode: float  # the decode steps alone, best of two warm calls
+    warm: float  # a whole warm call, best of two
+    first: float  # the first call, graph capture included
+
+
+def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kernels="triton") -> EngineTimes:
+    """Times on a fresh engine; NaN if it fails (the other columns of a run on a lent machine
+    survive). The decode steps are timed inside the call: a shorter call to subtract would rebind
+    the capture buffers to its length and drop the graphs, so the next full call would capture
+    them again (one ordering once read 11,731 for 12,690 tok/s so)."""
     class Timed(Engine):
         def decode(self, rows, iv, steps):
             sync(self.k.device)
@@ -146,10 +153,10 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
             first = engine_generate(model, batch, prompt, new, patches, capture, eng)
             warm = [(engine_generate(model, batch, prompt, new, patches, capture, eng), eng.decode_s)
                     for _ in range(2)]
-        return min(d for _, d in warm), first, min(t for t, _ in warm)
+        return EngineTimes(min(d for _, d in warm), min(t for t, _ in warm), first)
     except RuntimeError as err:
         print(f"engine (graphs {graphs}, kernels {kernels}) failed at batch {batch}: {err}")
-        return (float("nan"),) * 3
+        return EngineTimes(*(float("nan"),) * 3)
 
 
 def profile_decode(model, batch, prompt, new, feat, capture) -> None:
@@ -257,12 +264,12 @@ def main() -> None:
         a = hf_generate(model, batch, args.prompt, args.new, patches, cap)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        db, first, b = engine_times(model, batch, args.prompt, args.new, patches, cap)
+        db, b, first = engine_times(model, batch, args.prompt, args.new, patches, cap)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else float("nan")
         de, dt = db, db  # the CPU has neither graphs nor Triton kernels
         if dev.type == "cuda":  # what the graphs buy, and what the Triton kernels buy
-            de = engine_times(model, batch, args.prompt, args.new, patches, cap, graphs=False)[0]
-            dt = engine_times(model, batch, args.prompt, args.new, patches, cap, kernels="torch")[0]
+            de = engine_times(model, batch, args.prompt, args.new, patches, cap, graphs=False).decode
+            dt = engine_times(model, batch, args.prompt, args.new, patches, cap, kernels="torch").decode
         n_dec = batch * (args.new - 1)
         dec_a, dec_b, dec_e, dec_t = n_dec / (a - a1), n_dec / db, n_dec / de, n_dec / dt
         tot = batch * args.new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -435,9 +436,9 @@ def test_snakemake_words_rule_end_to_end(tmp_path: Path) -> None:
         f"sys.path.insert(0, str(REPO / 'src'))\nconfigfile: 'config.yaml'\n"
         f"include: {str(ROOT / 'workflow' / 'rules' / 'words.smk')!r}\n"
         "rule all:\n    input: WORDS_TARGETS\n")
-    env_path = {"PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     run = subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "--cores", "2", "words"],
-                         cwd=tmp_path, capture_output=True, text=True, env={**__import__("os").environ, **env_path})
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     e = pd.read_parquet(tmp_path / "results" / "words" / "word_effects.parquet")
     direct = W.run_shard([str(real)], W.words_config(REAL_MAPPING))
@@ -450,12 +451,12 @@ def test_snakemake_words_rule_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(json.dumps({"words": {**REAL_MAPPING, "logs": ["logs/*.jsonl"],
                                                                 "shards": 3, "top_features_plot": 2, "min_count": 6}}))
     dry = subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "-n", "words"],
-                         cwd=tmp_path, capture_output=True, text=True, env={**__import__("os").environ, **env_path})
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
     assert dry.returncode == 0 and "words_merge" in dry.stdout and "words_shard" in dry.stdout, dry.stderr[-2000:]
     # a user error in the logs surfaces as one line, no traceback
     (tmp_path / "logs" / "part0.jsonl").write_text('{"layer": 1}\n')
     (tmp_path / "results").rename(tmp_path / "old_results")
     run = subprocess.run([sys.executable, "-m", "snakemake", "-s", "Snakefile", "--cores", "1", "words"],
-                         cwd=tmp_path, capture_output=True, text=True, env={**__import__("os").environ, **env_path})
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
     assert run.returncode != 0
     assert "pathreplay: error:" in run.stderr and "part0.jsonl" in run.stderr
