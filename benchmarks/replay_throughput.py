@@ -28,9 +28,9 @@ from unittest import mock
 
 import torch
 
-from pathreplay.engine import Engine
-from pathreplay.generate import generate
-from pathreplay.patch import Interventions, Patch
+from pathreplay.runtime.engine import Engine
+from pathreplay.runtime.generate import generate
+from pathreplay.runtime.patch import Interventions, Patch
 from pathreplay.sae import SAE, Feature, SAEMeta
 
 SHAPES = {

@@ -64,13 +64,15 @@ def synthetic(n: int, path: Path, seed: int = 0, trials_per_condition: int = 42)
 
 
 def _child(path: str, chunk: int, queue: mp.Queue) -> None:
-    from pathreplay import words
+    from pathreplay.words.counts import count_logs
+    from pathreplay.words.effects import word_effects
+    from pathreplay.words.settings import words_config
 
-    cfg = words.words_config({"logs": [path], "chunk_rows": chunk})
+    cfg = words_config({"logs": [path], "chunk_rows": chunk})
     t0 = time.perf_counter()
-    counts = words.count_logs(cfg.logs, cfg)
+    counts = count_logs(cfg.logs, cfg)
     t1 = time.perf_counter()
-    effects = words.word_effects(counts, cfg)
+    effects = word_effects(counts, cfg)
     t2 = time.perf_counter()
     queue.put((int(counts.groups.n.sum()), t1 - t0, t2 - t0, len(effects), int((effects.q_value < 0.05).sum())))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "real"
 DEMO = ROOT / "resources" / "demo"

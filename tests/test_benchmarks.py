@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ def test_replay_benchmark_writes_positive_finite_rates(tmp_path):
     out = tmp_path / "b.json"
     run = subprocess.run([sys.executable, "benchmarks/replay_throughput.py", "--shape", "demo", "--batch", "2", "3",
                           "--prompt", "8", "--new", "4", "--json", str(out)],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False,
+                         cwd=ROOT, check=False,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     res = json.loads(out.read_text())

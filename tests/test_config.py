@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import yaml
-from conftest import DEMO, ROOT
 
-from pathreplay.config import Prompt, check_config, read_prompts, resolve
+from conftest import DEMO, ROOT
+from pathreplay.config import check_config, resolve
 from pathreplay.errors import UserError
 
 BASE = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -53,61 +52,3 @@ def test_feature_table_checked_against_saes(tmp_path):
     cfg["features"]["table"] = str(table)
     with pytest.raises(UserError, match=r"t.csv.*row 1.*5000"):
         check_config(cfg, ROOT)
-
-
-@pytest.mark.parametrize("line,msg", [
-    ('{"id": "a", "text": "  ", "context": "safe"}', "empty"),
-    ('{"id": "a", "context": "safe"}', "field 'text' missing"),
-    ('{"id": "a", "text": "x"', "not valid JSON"),
-])
-def test_bad_prompts_are_refused(tmp_path, line, msg):
-    f = tmp_path / "p.jsonl"
-    f.write_text(line + "\n")
-    with pytest.raises(UserError, match=msg):
-        read_prompts(str(f))
-
-
-def test_duplicate_prompt_ids_refused(tmp_path):
-    f = tmp_path / "p.jsonl"
-    rec = json.dumps({"id": "a", "text": "x", "context": "c"})
-    f.write_text(rec + "\n" + rec + "\n")
-    with pytest.raises(UserError, match="appears twice"):
-        read_prompts(str(f))
-
-
-def test_prompt_longer_than_context_refused_before_gpu_work():
-    from pathreplay.model import check_prompt_lengths
-
-    long = Prompt("long", "Round 1: Bet $10, Win, Balance $120\n" * 60, "safe")
-    with pytest.raises(UserError, match=r"prompt 'long' has \d+ tokens; .* context of 512.*shorten"):
-        check_prompt_lengths([long], "p.jsonl", str(DEMO / "model"), 12)
-    check_prompt_lengths([Prompt("ok", "Choice: ", "safe")], "p.jsonl", str(DEMO / "model"), 12)
-    with pytest.raises(UserError, match=r"model.path='.*nowhere'.*cannot read its tokenizer"):
-        check_prompt_lengths([Prompt("ok", "x", "safe")], "p.jsonl", str(DEMO / "nowhere"), 12)
-
-
-def test_prompt_id_that_cannot_name_a_file_refused(tmp_path):
-    f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps({"id": "ok", "text": "x", "context": "c"}) + "\n"
-                 + json.dumps({"id": "state/00", "text": "x", "context": "c"}) + "\n")
-    with pytest.raises(UserError, match=r"p.jsonl:2: prompt id 'state/00' cannot name a file"):
-        read_prompts(str(f))
-
-
-def test_schema_error_becomes_one_line():
-    import jsonschema
-    from snakemake.exceptions import WorkflowError
-
-    from pathreplay.config import schema_message
-
-    def validate():  # as snakemake.utils.validate reports it
-        try:
-            jsonschema.validate({"model": {"dtype": "x"}},
-                                {"properties": {"model": {"properties": {"dtype": {"enum": ["float32"]}}}}})
-        except jsonschema.ValidationError as e:
-            raise WorkflowError("Error validating config file.", e)
-
-    with pytest.raises(WorkflowError) as err:
-        validate()
-    msg = schema_message(err.value)
-    assert msg == "config model.dtype: 'x' is not one of ['float32']; see config/README.md for what it takes"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pathreplay.decision import Decision, decision_boundary, parse_decision
+from pathreplay.decision import Decision, decision_boundary, fixed_bet, parse_decision
 
 REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real" / "exp2_dose_response_trials_sample.jsonl"
 
@@ -154,3 +154,11 @@ def test_real_first_stops_only_on_the_answer_line() -> None:
             assert head.lstrip().startswith("2")
     first_lines = {r["response"].split("\n")[0] for r in rows}
     assert first_lines >= {"1", "2", "3"}
+
+
+def test_fixed_bet_is_read_from_the_prompts_option() -> None:
+    from pathreplay.game import exp2_prompts
+
+    prompts = exp2_prompts()
+    assert fixed_bet(prompts["safe"]) == 10 and fixed_bet(prompts["risky"]) is None
+    assert fixed_bet("Choose one of the following:\n1) Bet $25\n2) Stop playing\n\nChoice: ") == 25

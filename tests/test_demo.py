@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import DEMO, make_tiny_lm
 
+from conftest import DEMO, make_tiny_lm
 from pathreplay.config import read_prompts
 from pathreplay.demo import block_outputs, measure_figures
 from pathreplay.game import exp2_prompts

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pathreplay.engine import Engine, supports
-from pathreplay.generate import generate
-from pathreplay.patch import Interventions, Patch
+from pathreplay.runtime.engine import Engine, supports
+from pathreplay.runtime.generate import generate
+from pathreplay.runtime.patch import Interventions, Patch
 from pathreplay.sae import load_feature
 
 PROMPTS = ["Choice: 1) Bet $10\n2) Stop\nChoice: ", "Round 1: Bet $10, Win", "2) Stop\nRound 2: Bet"]
@@ -141,7 +141,7 @@ def test_fused_projections_leave_the_model_computing_the_same(tiny_lm):
 
 
 def test_engine_for_reuses_the_last_engine_while_it_has_room(tiny_lm):
-    from pathreplay.engine import engine_for
+    from pathreplay.runtime.engine import engine_for
 
     model, _ = tiny_lm
     a = engine_for(model, 4, 40)
@@ -151,7 +151,7 @@ def test_engine_for_reuses_the_last_engine_while_it_has_room(tiny_lm):
 
 
 def test_cache_argument_name_follows_the_model_signature():
-    from pathreplay.generate import cache_arg
+    from pathreplay.runtime.generate import cache_arg
 
     class New:
         def forward(self, input_ids=None, cache=None): ...

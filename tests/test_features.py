@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from pathreplay.errors import UserError
-from pathreplay.features import CANONICAL, read_feature_table, validate_feature_table
+from pathreplay.features import (CANONICAL, feature_name, feature_slices, parse_feature_name, read_feature_table,
+                                 validate_feature_table)
+from pathreplay.sae import SAESource
 
 REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real fixtures absent at {REAL}")
@@ -334,3 +336,23 @@ def test_empty_table(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(UserError, match="empty.json.*no rows.*at least one feature"):
         validate_feature_table(read_feature_table(path), str(path))
+
+
+@pytest.mark.parametrize("text, want", [("L25-10096", (25, 10096)), ("l3:7", (3, 7)), ("L21_F2794", (21, 2794)),
+                                        (" 4/11 ", (4, 11)), ("feature two", None), ("L25", None)])
+def test_feature_names_parse_and_print_one_way(text: str, want: tuple[int, int] | None) -> None:
+    assert parse_feature_name(text) == want
+    if want:
+        assert parse_feature_name(feature_name(*want)) == want and feature_name(*want) == f"L{want[0]}-{want[1]}"
+
+
+def test_slices_of_a_broken_sae_are_refused(tmp_path: Path) -> None:
+    from conftest import write_llamascope
+
+    # the encoder row of feature 0 is orthogonal to its decoder row: a clamp along it moves nothing
+    write_llamascope(tmp_path / "L0R", [[0.0, 1.0], [1.0, 0.0]], [0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0],
+                     block=0, threshold=0.1, avg_norm=math.sqrt(2))
+    src = SAESource(str(tmp_path / "L{layer}R"), "llamascope")
+    table = pd.DataFrame({"layer": [0], "feature_id": [0]})
+    with pytest.raises(UserError, match=r"feature L0-0's encoder reads its own decoder row at gain 0"):
+        feature_slices(src, table, "cpu")

@@ -7,11 +7,8 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
-
 CHILD = """
 import os, sys, time
-sys.path.insert(0, {src!r})
 from pathreplay.gpu import acquire_device
 dev = acquire_device(wait_s=30)
 print(dev, time.time(), flush=True)
@@ -23,8 +20,7 @@ def _spawn(tmp_path, hold: float, extra_env=None):
     env = {**os.environ, "PATHREPLAY_GPU_SLOTS": "2", "PATHREPLAY_LOCK_DIR": str(tmp_path)}
     env.pop("SLURM_JOB_ID", None)
     env.update(extra_env or {})
-    code = CHILD.format(src=str(ROOT / "src"))
-    return subprocess.Popen([sys.executable, "-c", code, str(hold)], stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(hold)], stdout=subprocess.PIPE, text=True, env=env)
 
 
 def test_two_concurrent_jobs_never_share_a_slot(tmp_path):
@@ -41,7 +37,7 @@ def test_two_concurrent_jobs_never_share_a_slot(tmp_path):
 def test_slurm_keeps_the_schedulers_device(tmp_path):
     env = {**os.environ, "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "3", "PATHREPLAY_LOCK_DIR": str(tmp_path)}
     env.pop("PATHREPLAY_GPU_SLOTS", None)
-    p = subprocess.run([sys.executable, "-c", CHILD.format(src=str(ROOT / "src")), "0"],
+    p = subprocess.run([sys.executable, "-c", CHILD, "0"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.stdout.split()[0] == "3"
     assert not list(tmp_path.glob("slot-*.lock"))

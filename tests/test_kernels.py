@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pathreplay import kernels
+from pathreplay.runtime import kernels
 
 CHECK = r"""
 import os
 import torch
-from pathreplay import kernels
+from pathreplay.runtime import kernels
 assert kernels.use_triton(torch.zeros(1)), "the interpreter should run the Triton kernels"
 gen = torch.Generator().manual_seed(0)
 for dt, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2 ** -7)):
@@ -52,9 +52,9 @@ ENGINE = r"""
 import os
 import torch
 from conftest import make_tiny_lm
-from pathreplay.engine import Engine
-from pathreplay.generate import generate
-from pathreplay.patch import Interventions
+from pathreplay.runtime.engine import Engine
+from pathreplay.runtime.generate import generate
+from pathreplay.runtime.patch import Interventions
 
 model, tok = make_tiny_lm()
 runs = []

@@ -1,4 +1,4 @@
-"""Selection, conditions, prompt choice and capture sizes."""
+"""Selection, conditions, prompt choice, the trials' seeds and capture sizes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.behaviour import behaviour_effects, mcnemar_p
-from pathreplay.config import Prompt
 from pathreplay.errors import UserError
-from pathreplay.plan import (CaptureSpec, capture_bytes, parse_conditions, prompts_for_features,
-                             select_features, stable_seed)
+from pathreplay.plan import (
+    CaptureSpec,
+    Condition,
+    baseline_jobs,
+    capture_bytes,
+    parse_conditions,
+    patched_jobs,
+    prompts_for_features,
+    select_features,
+    stable_seed,
+    trial_seed,
+)
+from pathreplay.prompts import Prompt
 
 TABLE = pd.DataFrame({
     "layer": [0, 0, 1, 1, 2, 3], "feature_id": [5, 6, 7, 8, 9, 10],
@@ -60,20 +69,19 @@ def test_stable_seed_is_stable():
     assert stable_seed(0, "main", "p1", 3) != stable_seed(0, "placebo", "p1", 3)
 
 
-def test_mcnemar_by_hand():
-    base = np.array([True, True, False, False, False, False])
-    pat = np.array([False, False, False, False, True, False])
-    # discordant: 2 stop->bet, 1 bet->stop; exact two-sided binomial(1; 3, .5) = 1.0
-    assert mcnemar_p(base, pat) == pytest.approx(1.0)
-    assert mcnemar_p(np.zeros(8, bool), np.ones(8, bool)) == pytest.approx(2 * 0.5 ** 8)
-
-
-def test_behaviour_rows_pair_by_trial():
-    base = pd.DataFrame({"prompt_id": "p", "trial": range(4), "action": ["bet", "bet", "stop", "bet"],
-                         "bet": [10, 20, 0, 10], "valid": True})
-    pat = base.assign(feature="L0-1", layer=0, feature_id=1, condition="risky_value", context="c", value=1.0,
-                      action=["bet", "bet", "bet", "bet"], bet=[10, 30, 40, 10])
-    row = behaviour_effects(pat, base).iloc[0]
-    assert row["stop_rate_baseline"] == 0.25 and row["stop_rate"] == 0.0
-    assert row["delta_bet"] == pytest.approx(10 / 3)  # pairs that bet both times: 0, +10, 0
-    assert row["n_trials"] == 4
+def test_baseline_and_every_condition_share_each_trials_seed():
+    prompts = [Prompt("p", "text p", "safe"), Prompt("q", "text q", "risky")]
+    row = TABLE.iloc[0]  # safe_value 0.1, risky_value 0.9
+    conds = [Condition("risky_value", "risky_value", 1.0), Condition("2*safe_value", "safe_value", 2.0)]
+    base = baseline_jobs(prompts, 3, 7)
+    patched = patched_jobs(prompts, row, conds, 3, 7)
+    assert [(j.prompt_id, j.trial) for j in base] == [("p", 0), ("p", 1), ("p", 2), ("q", 0), ("q", 1), ("q", 2)]
+    assert all(np.isnan(j.value) and j.condition == "baseline" for j in base)
+    seed = {(j.prompt_id, j.trial): j.seed for j in base}
+    assert len(set(seed.values())) == 6
+    assert len(patched) == 12 and all(j.seed == seed[j.prompt_id, j.trial] for j in patched)
+    assert [j.value for j in patched[:6]] == pytest.approx([0.9] * 3 + [0.2] * 3)
+    assert patched[0].seed == trial_seed(7, "p", 0) == stable_seed(7, "main", "p", 0)
+    placebo = baseline_jobs(prompts, 3, 7, stream="placebo", condition="placebo")
+    assert {j.seed for j in placebo}.isdisjoint(seed.values()) and placebo[0].condition == "placebo"
+    assert baseline_jobs(prompts, 3, 8)[0].seed != base[0].seed  # the config's seed moves every draw

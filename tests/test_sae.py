@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import write_llamascope, write_saelens
 
+from conftest import write_llamascope, write_saelens
 from pathreplay.errors import UserError
-from pathreplay.sae import check_hook, load_feature, load_sae, read_meta
+from pathreplay.sae import SAESource, check_hook, load_feature, load_sae, read_meta
 
 R2 = math.sqrt(2)
 S = R2 / 2  # sqrt(d_model) / avg_norm_in with d_model 2 and avg_norm_in 2
@@ -160,3 +160,13 @@ def test_bad_sae_files_get_one_line(tmp_path, llamascope):
         hp["hook_point_in"] = hp["hook_point_out"] = "blocks.5.hook_resid_post"
         (llamascope / "hyperparams.json").write_text(json.dumps(hp))
         load_feature(llamascope, "llamascope", 5, 3)
+
+
+def test_source_names_each_layers_folder_and_checks_its_hook(llamascope, tmp_path):
+    src = SAESource(str(llamascope.parent / "L{layer}R"), "llamascope")
+    assert src.folder(5) == llamascope and src.meta(5).block == 5
+    assert torch.equal(src.load(5).W[2], src.feature(5, 2).w)
+    (tmp_path / "L6R").mkdir()
+    (tmp_path / "L6R" / "hyperparams.json").write_text((llamascope / "hyperparams.json").read_text())
+    with pytest.raises(UserError, match=r"configured as layer 6 .* reads 'blocks.5.hook_resid_post'"):
+        SAESource(str(tmp_path / "L{layer}R"), "llamascope").meta(6)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import ROOT
 from test_workflow import SMALL, job_counts, rewind_to_shard
 

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
-from pathreplay.stats import bh, cohen_d, wilson
+from pathreplay.stats import bh, chi2_2x2, cochran_armitage, cohen_d, fisher_exact_2x2, log_odds_prior, wilson
 
 
 def test_cohen_d_by_hand():
@@ -31,3 +32,60 @@ def test_wilson_by_hand():
     lo, hi = wilson(5, 10)
     assert (lo, hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_fisher_matches_scipy_on_random_tables() -> None:
+    rng = np.random.default_rng(3)
+    tabs = rng.integers(0, 40, size=(300, 4))
+    tabs[:20] = [[0, 10, 0, 10]] * 20  # word said by nobody: p = 1
+    ours = fisher_exact_2x2(*tabs.T)
+    ref = [sps.fisher_exact([[a, b], [c, d]])[1] for a, b, c, d in tabs]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-12)
+
+
+def test_chi2_matches_scipy() -> None:
+    rng = np.random.default_rng(4)
+    tabs = rng.integers(1, 60, size=(100, 4))
+    ours = chi2_2x2(*tabs.T)
+    ref = [sps.chi2_contingency([[a, b], [c, d]])[1] for a, b, c, d in tabs]
+    np.testing.assert_allclose(ours, ref, rtol=1e-9)
+
+
+def test_bh_within_groups_matches_scipy() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.uniform(size=200) ** 3
+    group = rng.integers(0, 4, size=200)
+    q = bh(p, group)
+    for g in range(4):
+        np.testing.assert_allclose(q[group == g], sps.false_discovery_control(p[group == g]), rtol=1e-12)
+
+
+def test_bh_equals_scipy_to_the_bit_and_skips_nan():
+    rng = np.random.default_rng(9)
+    p = rng.uniform(size=500) ** 4
+    p[::7] = np.nan
+    p[1:40:3] = p[2]  # ties
+    q = bh(p)
+    ok = ~np.isnan(p)
+    np.testing.assert_array_equal(q[ok], sps.false_discovery_control(p[ok]))
+    assert np.isnan(q[~ok]).all()
+    assert np.isnan(bh(np.array([np.nan]))).all() and bh(np.zeros(0)).shape == (0,)
+
+
+def test_cochran_armitage_by_hand():
+    # levels 0, 1, 2 with 10 each; 1, 3, 6 say it: pbar = 1/3, T = (3 + 12) - (1/3)(30) = 5,
+    # Sxx = 10 * 5 - 30^2 / 30 = 20, z = 5 / sqrt(2/9 * 20), slope = 5 / 20
+    d, n, x = np.array([[1, 3, 6, 0]]), np.array([[10, 10, 10, 0]]), np.array([[0.0, 1.0, 2.0, 0.0]])
+    z, slope, p = cochran_armitage(d, n, x)
+    assert z[0] == pytest.approx(5 / math.sqrt(2 / 9 * 20)) and slope[0] == pytest.approx(0.25)
+    assert p[0] == pytest.approx(2 * sps.norm.sf(z[0]))
+    flat = cochran_armitage(np.array([[0, 0]]), np.array([[5, 5]]), np.array([[1.0, 2.0]]))
+    assert (flat[0][0], flat[1][0], flat[2][0]) == (0.0, 0.0, 1.0)
+
+
+def test_log_odds_prior_by_hand():
+    # 14 of 20 vs 4 of 20 with a prior of 10 pseudo-observations at the pooled 18/40
+    delta, z = log_odds_prior(np.array([14]), np.array([20]), np.array([4]), np.array([20]), np.array([0.45]), 10)
+    want = math.log(18.5 / 11.5) - math.log(8.5 / 21.5)
+    assert delta[0] == pytest.approx(want)
+    assert z[0] == pytest.approx(want / math.sqrt(1 / 18.5 + 1 / 11.5 + 1 / 8.5 + 1 / 21.5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import ROOT
+from pathreplay.words.effects import run_shard
+from pathreplay.words.settings import words_config
+from words_data import REAL_MAPPING, real_path
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
@@ -138,6 +143,27 @@ def test_trial_tables_are_coupled(run):
     assert set(mine["seed"]) == set(main["seed"])  # same seeds: coupled sampling
 
 
+def test_a_key_reruns_only_the_jobs_that_read_it(run, tmp_path):
+    """Rule params carry only what a job reads: other SAEs rerun what reads SAEs (Exp1 and
+    what follows from it, the patched replay, encode) but no baseline; the capture limit, read by
+    no job, reruns nothing."""
+    base = yaml.safe_load((run / "config.yaml").read_text())
+    shutil.copytree(ROOT / "resources" / "demo" / "saes", tmp_path / "saes")
+
+    def dry(change: dict) -> subprocess.CompletedProcess:
+        cfg = tmp_path / "changed.yaml"
+        cfg.write_text(yaml.safe_dump({**base, **change}))
+        return subprocess.run(SNAKEMAKE + ["--directory", str(run), "--configfile", str(cfg), "-n"],
+                              capture_output=True, text=True, timeout=600)
+
+    r = dry({"saes": {"path": str(tmp_path / "saes" / "L{layer}R")}})
+    counts = job_counts(r.stdout)
+    assert r.returncode == 0 and counts.get("encode") == 4 and counts.get("exp1") == 1, r.stdout[-2000:]
+    assert "replay_baseline" not in counts
+    r = dry({"replay": {**base["replay"], "max_capture_gb": 49}})
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+
+
 def rewind_to_shard(run: Path, shard: str) -> None:
     """Back to the middle of a first run: the shard and everything after the replay not yet made.
     (Snakemake does not remake a missing intermediate whose consumers are all up to date.)"""
@@ -171,7 +197,7 @@ def test_killed_shard_alone_reruns(run):
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and "patched" in log.read_text()):
         time.sleep(0.2)
-    victims = _job_pids(proc.pid, "replay.py")
+    victims = _job_pids(proc.pid, "replay_patched.py")
     assert victims, "the replay job's process was not found"
     for pid in victims:  # the job dies mid-run, as on an out-of-memory kill; Snakemake lives on
         os.kill(pid, signal.SIGKILL)
@@ -214,3 +240,32 @@ def test_unknown_condition_refused_up_front(tmp_path):
     r = snakemake(tmp_path, "-n", config={"replay": {"conditions": ["bankrupt_mean"]}})
     assert r.returncode != 0
     assert "replay.conditions: unknown condition 'bankrupt_mean'" in r.stderr
+
+
+def test_words_rule_end_to_end(tmp_path):
+    """`snakemake words` with only `words.*` configured: the logs' words, no model or GPU work."""
+    real = real_path()
+    (tmp_path / "logs").mkdir()
+    df = pd.read_json(real, lines=True)
+    for i, (_, part) in enumerate(df.groupby("feature_id")):
+        part.to_json(tmp_path / "logs" / f"part{i}.jsonl", orient="records", lines=True)
+    words = {**REAL_MAPPING, "logs": ["logs/*.jsonl"], "shards": 3, "top_features_plot": 2}
+    run = snakemake(tmp_path, "--cores", "2", "words", config={"words": words})
+    assert run.returncode == 0, run.stderr[-3000:]
+    e = pd.read_parquet(tmp_path / "results" / "words" / "word_effects.parquet")
+    direct = run_shard([str(real)], words_config(REAL_MAPPING))
+    assert len(e) == len(direct)
+    assert set(zip(e.layer, e.feature_id, e.contrast, e.text, e.stem)) == \
+        set(zip(direct.layer, direct.feature_id, direct.contrast, direct.text, direct.stem))
+    assert len(json.loads((tmp_path / "results" / "words" / "causal_word_effects.json").read_text())) == 5
+    assert len(list((tmp_path / "results" / "words" / "volcano").glob("*.png"))) == 2
+    assert not (tmp_path / "results" / "exp1").exists()  # words alone: no model job ran
+    # a changed words setting reruns the words rules (they read it through params)
+    dry = snakemake(tmp_path, "-n", "words", config={"words": {**words, "min_count": 6}})
+    assert dry.returncode == 0 and "words_merge" in dry.stdout and "words_shard" in dry.stdout, dry.stderr[-2000:]
+    # a user error in the logs surfaces as one line, no traceback
+    (tmp_path / "logs" / "part0.jsonl").write_text('{"layer": 1}\n')
+    (tmp_path / "results").rename(tmp_path / "old_results")
+    run = snakemake(tmp_path, "--cores", "1", "words", config={"words": words})
+    assert run.returncode != 0
+    assert "pathreplay: error:" in run.stderr and "part0.jsonl" in run.stderr

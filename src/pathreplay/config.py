@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import fail
-from .io import iter_jsonl
-from .sae import SAEMeta, check_hook, read_meta, sae_dir
+from .features import read_feature_table, validate_feature_table
+from .model import check_prompt_lengths
+from .plan import CaptureSpec, capture_bytes, parse_conditions
+from .prompts import read_prompts
+from .sae import SAEMeta, SAESource
 
 
 def resolve(path: str, repo: Path) -> str:
@@ -25,50 +27,11 @@ def resolve(path: str, repo: Path) -> str:
     return path
 
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # ids name the baseline's files
-
-
-class Prompt(NamedTuple):
-    """One candidate prompt."""
-
-    id: str
-    text: str
-    context: str
-
-
-def read_prompts(path: str) -> list[Prompt]:
-    """Read and check a prompts JSONL file (fields id, text, context)."""
-    if not Path(path).exists():
-        fail(f"prompts.file={path!r}", "file not found", "point prompts.file at a JSONL file")
-    out: list[Prompt] = []
-    seen: set[str] = set()
-    for n, rec in iter_jsonl(path, "prompt"):
-        for key in ("id", "text", "context"):
-            if key not in rec:
-                fail(f"{path}:{n}", f"field {key!r} missing", 'give every line {"id", "text", "context"}')
-        pid, text = str(rec["id"]), str(rec["text"])
-        if not _SAFE_ID.match(pid):
-            fail(f"{path}:{n}", f"prompt id {pid!r} cannot name a file", "use letters, digits, '_', '-' and '.' only")
-        if not text.strip():
-            fail(f"{path}:{n}", f"prompt {pid!r} is empty", "remove it or give it text")
-        if pid in seen:
-            fail(f"{path}:{n}", f"id {pid!r} appears twice", "give every prompt its own id")
-        seen.add(pid)
-        out.append(Prompt(pid, text, str(rec["context"])))
-    if not out:
-        fail(f"prompts.file={path!r}", "no prompts", "add at least one line")
-    return out
-
-
 def sae_metas(config: Mapping[str, Any]) -> dict[int, SAEMeta]:
     """Metadata of every configured SAE layer, each checked against its own hook point."""
     s = config["saes"]
-    metas = {}
-    for layer in s["layers"]:
-        meta = read_meta(sae_dir(s["path"], layer), s["format"], layer)
-        check_hook(meta, layer, s["path"])
-        metas[layer] = meta
-    return metas
+    source = SAESource(s["path"], s["format"])
+    return {layer: source.meta(layer) for layer in s["layers"]}
 
 
 def check_config(config: dict[str, Any], repo: Path) -> None:
@@ -94,8 +57,6 @@ def check_config(config: dict[str, Any], repo: Path) -> None:
         check_prompts(config)
     table = (config.get("features") or {}).get("table")
     if table and "saes" in config:
-        from .features import read_feature_table, validate_feature_table
-
         f = config["features"]
         df = read_feature_table(table, f.get("columns") or None)
         validate_feature_table(df, table, sae_layers={k: (m.d_model, m.d_sae) for k, m in metas.items()},
@@ -106,8 +67,6 @@ def check_config(config: dict[str, Any], repo: Path) -> None:
 def check_prompts(config: Mapping[str, Any]) -> None:
     """The prompts file, the screen's prompt ids, and every prompt's length with its generation
     against the model's context (its tokenizer and config only, no weights)."""
-    from .model import check_prompt_lengths
-
     path = config["prompts"]["file"]
     prompts = read_prompts(path)
     screen = config.get("screen") or {}
@@ -122,19 +81,8 @@ def check_prompts(config: Mapping[str, Any]) -> None:
         check_prompt_lengths(prompts, path, m["path"], longest, bool(m.get("trust_remote_code")))
 
 
-def schema_message(err: BaseException) -> str:
-    """Snakemake's report of a config that breaks the schema, as one line: the key and what is wrong."""
-    cause = err.__cause__ or err.__context__  # snakemake raises while handling jsonschema's error
-    if hasattr(cause, "absolute_path") and hasattr(cause, "message"):
-        key = ".".join(map(str, cause.absolute_path)) or "(top level)"
-        return f"config {key}: {cause.message}; see config/README.md for what it takes"
-    return str(err).strip().splitlines()[0]
-
-
 def replay_estimate(config: Mapping[str, Any]) -> str:
     """The most the replay's captures can write, refused above replay.max_capture_gb."""
-    from .plan import CaptureSpec, capture_bytes, parse_conditions
-
     r, sel = config["replay"], config["select"]
     conds = parse_conditions(r["conditions"])
     if config.get("screen", {}).get("enabled"):

@@ -17,9 +17,10 @@ new ``Choice:`` prompts). Three modes:
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
-MODES = ("first", "legacy", "revalidation")
+Parser = Literal["first", "legacy", "revalidation"]
+MODES = get_args(Parser)
 
 
 class Decision(NamedTuple):
@@ -33,6 +34,7 @@ class Decision(NamedTuple):
 
 
 _NUM = r"(\d+(?:\.\d+)?)"
+_FIXED = re.compile(r"1\)\s*Bet \$(\d+)\s*$", re.M)  # the fixed-betting option of a prompt
 # The choice line: an optional echo of the prompt label, then the option number.
 _CHOICE = re.compile(r"[ \t]*(?:(?:your\s+)?choice\s*[:=]\s*)?(\$)?[ \t]*(\d+)(?![\d.]\d)", re.I)
 # An amount given right after the option on the same line: "1) Bet $10", "1, 50", "1 - $20".
@@ -168,7 +170,13 @@ def _parse_revalidation(text: str, min_bet: int, max_bet: int) -> Decision:
     return Decision("bet", min(max(bet, min_bet), max_bet), valid, source, n)
 
 
-def parse_decision(text: str, mode: str = "first", *, fixed_bet: int | None = None,
+def fixed_bet(prompt: str) -> int | None:
+    """The bet of a fixed-betting prompt ("1) Bet $10"); None for variable betting."""
+    m = _FIXED.search(prompt)
+    return int(m.group(1)) if m else None
+
+
+def parse_decision(text: str, mode: Parser = "first", *, fixed_bet: int | None = None,
                    min_bet: int = 5, max_bet: int = 100) -> Decision:
     """Parse one response; `fixed_bet` fills in the amount of a bare choice 1 (`first` only)."""
     if mode == "first":

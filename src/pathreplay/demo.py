@@ -16,15 +16,17 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from . import game, players
 from .decision import parse_decision
-from .generate import generate, positions
 from .io import atomic_dir, write_json, write_tensors
-from .patch import Interventions
-from .sae import load_sae
+from .model import Device, load_model, positions
+from .runtime.generate import generate
+from .runtime.patch import Interventions
+from .sae import SAESource, load_sae
 
 log = logging.getLogger(__name__)
 
@@ -277,23 +279,19 @@ def demo_prompts(seed: int, n_states: int = 22) -> list[dict[str, str]]:
 
 
 def measure_figures(model_path: str, sae_template: str, layers: list[int], fmt: str = "llamascope",
-                    *, seed: int = 0, device: str = "auto", samples: int = 200) -> Any:
+                    *, seed: int = 0, device: Device = "auto", samples: int = 200) -> pd.DataFrame:
     """Re-measure the demo's figures: decisions on the Exp2 prompts, and SAE FVU/L0 per layer on
     held-out game prompts (BOS excluded). Build time comes from figures.json when present.
     Returns a DataFrame (figure, where, value)."""
-    import pandas as pd
-
-    from .model import load_model
-    from .sae import sae_dir
-
     model, tok = load_model(model_path, "float32", device)
     rows = []
     for ctx, r in play_exp2(model, tok, samples, seed + 101).items():
         rows += [("valid_rate", ctx, r["valid_rate"]), ("stop_rate", ctx, r["stop_rate"]),
                  ("mean_bet", ctx, r["mean_bet"])]
     x = block_outputs(model, tok, heldout_pairs(300, seed + 103))
+    saes = SAESource(sae_template, fmt)
     for layer in layers:
-        sae = load_sae(sae_dir(sae_template, layer), fmt, layer)
+        sae = saes.load(layer)
         f, l0, dead = fvu(sae, x[sae.meta.block].to(sae.W.device))
         rows += [("fvu", f"L{layer}", f), ("l0", f"L{layer}", l0), ("dead_fraction", f"L{layer}", dead)]
     built = Path(model_path).parent / "figures.json"

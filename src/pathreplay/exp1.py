@@ -18,11 +18,11 @@ import torch
 from tqdm import tqdm
 
 from . import game
-from .decision import parse_decision
+from .decision import Parser, parse_decision
 from .errors import fail
 from .features import CANONICAL
-from .generate import generate, stop_token_ids
-from .patch import Interventions
+from .runtime.generate import generate, stop_token_ids
+from .runtime.patch import Interventions
 from .sae import SAE
 from .stats import cohen_d, welch_p
 
@@ -38,7 +38,7 @@ class Exp1Result(NamedTuple):
 
 def play_games(model: Any, tok: Any, layers: list[int], *, games: int, max_rounds: int,
                temperature: float, max_new_tokens: int, batch_size: int, seed: int,
-               parser: str = "first", stop_at_newline: bool = True) -> Exp1Result:
+               parser: Parser = "first", stop_at_newline: bool = True) -> Exp1Result:
     """Play `games` games in lock-step batches; rounds past max_rounds end as 'unfinished'."""
     rng = random.Random(seed)
     setups = [(rng.choice(("fixed", "variable")), "".join(c for c in "GMRWP" if rng.random() < 0.5))

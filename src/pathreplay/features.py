@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from pathreplay.errors import fail
-from pathreplay.io import iter_jsonl
+from .errors import fail
+from .io import iter_jsonl
+from .sae import Feature, SAESource
 
 CANONICAL: tuple[str, ...] = (
     "layer", "feature_id", "cohen_d", "p_value", "safe_value", "risky_value", "label", "source",
@@ -35,18 +37,30 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 LABEL_MAP = {"safe": "safe", "risky": "risky", "neutral": "neutral", "": "",
              "increases_risk": "risky", "decreases_risk": "safe"}
-# "L25-10096", "L25/10096", "L25:10096", "25-10096": layer first, then the SAE feature id.
-FEATURE_RE = re.compile(r"^\s*L?(\d+)\s*[-/:]\s*(\d+)\s*$", re.IGNORECASE)
+# "L25-10096", "L25/10096", "L25:10096", "L25_F10096", "25-10096": layer first, then the SAE
+# feature id. The one reader of feature names, for feature tables and trial logs alike.
+FEATURE_RE = re.compile(r"^\s*L?(\d+)\s*[-_/:]\s*F?(\d+)\s*$", re.IGNORECASE)
 # Columns that mark per-trial logs (one row per generation), which are not feature tables.
 TRIAL_COLS = ("response", "trial", "trial_index")
 SUFFIXES = (".csv", ".tsv", ".tab", ".json", ".jsonl", ".ndjson", ".parquet", ".pq")
 OVERRIDE = "features.allow_suspicious: true"
 
 
+def feature_name(layer: int, feature_id: int) -> str:
+    """The one spelling of a feature's name: L{layer}-{feature_id}."""
+    return f"L{int(layer)}-{int(feature_id)}"
+
+
+def parse_feature_name(text: str) -> tuple[int, int] | None:
+    """(layer, feature_id) of a name in any form FEATURE_RE reads; None if it is not one."""
+    m = FEATURE_RE.match(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def _name(df: pd.DataFrame, i: int) -> str:
     """Row label used in messages: 1-based data row plus L{layer}-{id} when known."""
     layer, fid = (df[c].iloc[i] if c in df.columns else None for c in INT_COLS)
-    tag = f" (L{int(layer)}-{int(fid)})" if pd.notna(layer) and pd.notna(fid) else ""
+    tag = f" ({feature_name(int(layer), int(fid))})" if pd.notna(layer) and pd.notna(fid) else ""
     return f"row {i + 1}{tag}"
 
 
@@ -268,3 +282,20 @@ def validate_feature_table(df: pd.DataFrame, path: str, *,
             if len(bad):
                 _trap(f"{path} {_name(df, int(bad[0]))} column {c}", f"{len(bad)} negative {c}(s), impossible for "
                       "a ReLU-family SAE", allow_suspicious)
+
+
+def feature_slices(source: SAESource, table: pd.DataFrame, device: str | torch.device
+                   ) -> dict[str, tuple[int, Feature]]:
+    """name -> (block, feature slice) for every row of a table with layer and feature_id."""
+    out = {}
+    for row in table.itertuples():
+        layer = int(row.layer)
+        name = feature_name(layer, row.feature_id)
+        feat = source.feature(layer, int(row.feature_id), device)
+        if feat.gain < 0.05:
+            # Moving along the decoder row barely moves (or lowers) what the encoder reads: a clamp
+            # along it would need an enormous step. This is a broken or mismatched SAE.
+            fail(f"saes.path={source.path!r}", f"feature {name}'s encoder reads its own decoder row at "
+                 f"gain {feat.gain:.3g}", "check saes.format and the SAE files")
+        out[name] = (layer, feat)
+    return out

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from .errors import fail
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Device = Literal["auto", "cpu", "cuda"]
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: Device) -> torch.device:
     """`auto` is the GPU Snakemake's slot allocator (or SLURM) left visible, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -22,7 +23,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str, dtype: str = "float32", device: str = "auto",
+def load_model(path: str, dtype: str = "float32", device: Device = "auto",
                trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model in eval mode, left-padding tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -42,6 +43,18 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto",
         tok.pad_token = tok.eos_token
     model.to(dev).eval()
     return model, tok
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded input ids and attention mask."""
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position counted from its row's first real token (left padding sits at 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def check_prompt_lengths(prompts: Sequence[Any], where: str, model_path: str, max_new_tokens: int,

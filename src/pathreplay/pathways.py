@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .plan import feature_name
+from .features import feature_name
 
 
 def chains(edges: pd.DataFrame) -> pd.DataFrame:

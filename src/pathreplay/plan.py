@@ -4,17 +4,20 @@ the captures will cost, all decided before any GPU work."""
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from .config import Prompt
 from .errors import fail
+from .features import feature_name
+from .prompts import Prompt
 
 VALUE_COLUMNS = ("safe_value", "risky_value")
+Strategy = Literal["fixed", "top_activation"]  # how prompts.strategy picks a feature's prompts
 _COND = re.compile(r"^\s*(?:(?P<k>[0-9]*\.?[0-9]+)\s*\*\s*)?(?P<col>[a-z_]+)\s*$")
 
 
@@ -36,10 +39,6 @@ def parse_conditions(names: Sequence[str], where: str = "replay.conditions") -> 
                  f"name a value column ({', '.join(VALUE_COLUMNS)}) or a multiple like 2*risky_value")
         out.append(Condition(name.replace(" ", ""), m.group("col"), float(m.group("k") or 1.0)))
     return out
-
-
-def feature_name(layer: int, feature_id: int) -> str:
-    return f"L{int(layer)}-{int(feature_id)}"
 
 
 def select_features(table: pd.DataFrame, *, top_n: int, shard_size: int, sae_layers: Sequence[int],
@@ -72,8 +71,41 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(h.digest(), "little") & 0x7FFF_FFFF_FFFF
 
 
+def trial_seed(seed: int, prompt_id: str, trial: int, stream: str = "main") -> int:
+    """The seed of trial `trial` on a prompt: shared by baseline and every patched condition."""
+    return stable_seed(seed, stream, prompt_id, trial)
+
+
+class Job(NamedTuple):
+    """One trial to run: a prompt, a seed, and the patch target (NaN: no patch)."""
+
+    prompt_id: str
+    context: str
+    text: str
+    condition: str
+    trial: int
+    seed: int
+    value: float = math.nan
+
+
+def baseline_jobs(prompts: Sequence[Prompt], trials: int, seed: int, stream: str = "main",
+                  condition: str = "baseline") -> list[Job]:
+    """Unpatched jobs: every prompt x trial on one seed stream."""
+    return [Job(p.id, p.context, p.text, condition, t, trial_seed(seed, p.id, t, stream))
+            for p in prompts for t in range(trials)]
+
+
+def patched_jobs(prompts: Sequence[Prompt], row: Any, conditions: Sequence[Condition],
+                 trials: int, seed: int) -> list[Job]:
+    """Jobs of one feature (a feature-table row): every prompt x condition x trial, each trial on
+    the seed of the baseline trial it is compared with."""
+    return [Job(p.id, p.context, p.text, c.name, t, trial_seed(seed, p.id, t),
+                c.scale * float(getattr(row, c.column)))
+            for p in prompts for c in conditions for t in range(trials)]
+
+
 def prompts_for_features(features: pd.DataFrame, prompts: Sequence[Prompt], k: int,
-                         strategy: str = "fixed", activations: Mapping[str, np.ndarray] | None = None
+                         strategy: Strategy = "fixed", activations: Mapping[str, np.ndarray] | None = None
                          ) -> pd.DataFrame:
     """K prompts per feature, alternating between contexts so each is represented.
 
@@ -107,7 +139,7 @@ def prompts_for_features(features: pd.DataFrame, prompts: Sequence[Prompt], k: i
 class CaptureSpec(NamedTuple):
     """Which generated positions to keep: all, the first k, or every stride-th."""
 
-    kind: str
+    kind: Literal["all", "first", "stride"]
     k: int
 
     @classmethod
@@ -117,7 +149,7 @@ class CaptureSpec(NamedTuple):
         m = re.fullmatch(r"(first|stride):(\d+)", text)
         if not m or int(m.group(2)) < 1:
             fail("replay.capture.generated", f"unknown value {text!r}", "use all, first:K or stride:K")
-        return cls(m.group(1), int(m.group(2)))
+        return cls("first" if m.group(1) == "first" else "stride", int(m.group(2)))
 
     def positions(self, max_new_tokens: int) -> list[int]:
         """Generated-token indices kept (token t's residual is read when it is fed back)."""

@@ -3,53 +3,38 @@ capturing block outputs at the last prompt position and at kept generated positi
 
 from __future__ import annotations
 
-import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .config import Prompt
-from .decision import parse_decision
-from .engine import engine_for, supports
-from .generate import generate
-from .patch import Interventions, Patch
-from .plan import CaptureSpec, Condition
-from .sae import SAE, Feature, load_sae, sae_dir
-
-log = logging.getLogger(__name__)
-_FIXED = re.compile(r"1\)\s*Bet \$(\d+)\s*$", re.M)
-
-
-class Job(NamedTuple):
-    """One trial to run: a prompt, a seed, and the patch target (NaN: no patch)."""
-
-    prompt_id: str
-    context: str
-    text: str
-    condition: str
-    trial: int
-    seed: int
-    value: float = math.nan
+from .decision import Parser, fixed_bet, parse_decision
+from .io import write_table, write_tensors
+from .plan import CaptureSpec, Condition, Job, baseline_jobs, patched_jobs
+from .prompts import Prompt
+from .runtime.engine import engine_for, supports
+from .runtime.generate import generate
+from .runtime.patch import Interventions, Mode, Patch, Positions
+from .sae import SAE, Feature, SAESource
 
 
 class ReplaySettings(NamedTuple):
-    """How trials are generated and what is kept."""
+    """How trials are generated and what is kept (config sections `replay` and `parser`; the
+    screen's with its own `max_new_tokens` and no capture)."""
 
     max_new_tokens: int
     temperature: float
     batch_size: int
-    capture_layers: tuple[int, ...]
-    capture: CaptureSpec
-    parser: str = "first"
-    mode: str = "clamp"
-    positions: str = "exp2"
+    capture_layers: Sequence[int] = ()
+    capture: str = "all"  # generated positions kept: all | first:K | stride:K (plan.CaptureSpec)
+    parser: Parser = "first"
+    mode: Mode = "clamp"
+    positions: Positions = "exp2"
     top_logits: int = 0
-    engine: str = "auto"  # auto: the static-cache engine where the architecture allows; hooks
+    engine: Literal["auto", "hooks"] = "auto"  # auto: the static-cache engine where it is exact
 
 
 class ReplayResult(NamedTuple):
@@ -59,17 +44,11 @@ class ReplayResult(NamedTuple):
     states: dict[int, torch.Tensor]
 
 
-def fixed_bet(prompt: str) -> int | None:
-    """The bet of a fixed-betting prompt ("1) Bet $10"); None for variable betting."""
-    m = _FIXED.search(prompt)
-    return int(m.group(1)) if m else None
-
-
 def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
              feature: Feature | None = None, block: int | None = None, sae: SAE | None = None,
              desc: str = "trials") -> ReplayResult:
     """Run jobs in batches; all rows of a call share one patched feature (or none)."""
-    keep = s.capture.positions(s.max_new_tokens)
+    keep = CaptureSpec.parse(s.capture).positions(s.max_new_tokens) if s.capture_layers else []
     eng = None
     if s.engine == "auto" and supports(model) and jobs:
         longest = max(len(tok(t)["input_ids"]) for t in {j.text for j in jobs})
@@ -115,8 +94,6 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
 def run_baseline(model: Any, tok: Any, prompt: Prompt, trials: int, seed: int, s: ReplaySettings,
                  placebo: bool = False) -> ReplayResult:
     """One prompt's unpatched trials, then (with placebo) as many on an independent seed stream."""
-    from .screen import baseline_jobs  # screen imports this module
-
     jobs = baseline_jobs([prompt], trials, seed)
     if placebo:
         jobs += baseline_jobs([prompt], trials, seed, stream="placebo", condition="placebo")
@@ -128,12 +105,10 @@ def run_baseline(model: Any, tok: Any, prompt: Prompt, trials: int, seed: int, s
 def run_features(model: Any, tok: Any, selected: pd.DataFrame, plan: pd.DataFrame,
                  prompts: Mapping[str, Prompt], features: Mapping[str, tuple[int, Feature]],
                  conditions: Sequence[Condition], trials: int, seed: int, s: ReplaySettings, *,
-                 saes: Mapping[str, Any] | None = None, device: str | torch.device = "cpu") -> ReplayResult:
+                 saes: SAESource | None = None, device: str | torch.device = "cpu") -> ReplayResult:
     """Patched trials of every feature of `selected` (indexed by name, in that order) on its prompts
     in `plan` (feature, prompt_id), as one result; `features`: name -> (block, feature slice).
-    `saes` (path, format) is read only in reconstruct mode."""
-    from .screen import patched_jobs  # screen imports this module
-
+    `saes` is read only in reconstruct mode."""
     results = []
     for name, row in selected.iterrows():
         block, feat = features[name]
@@ -142,7 +117,7 @@ def run_features(model: Any, tok: Any, selected: pd.DataFrame, plan: pd.DataFram
         if s.mode == "reconstruct":
             if saes is None:
                 raise ValueError("reconstruct mode needs the SAEs (saes=)")
-            sae = load_sae(sae_dir(saes["path"], block), saes["format"], block, device)
+            sae = saes.load(block, device)
         mine = [prompts[i] for i in plan.loc[plan["feature"] == name, "prompt_id"]]
         res = run_jobs(model, tok, patched_jobs(mine, row, conditions, trials, seed), s,
                        feature=feat, block=block, sae=sae, desc=f"patched {name}")
@@ -162,6 +137,15 @@ def stack_results(results: Sequence[ReplayResult], layers: Sequence[int]) -> Rep
         offset += len(r.trials)
     return ReplayResult(pd.concat(parts, ignore_index=True),
                         {b: torch.cat([r.states[b] for r in results]) for b in layers})
+
+
+def write_result(res: ReplayResult, layers: Sequence[int], state_paths: Sequence[str], trials_path: str) -> None:
+    """Each layer's captured states (a safetensors file each, with every row's count of kept
+    generated positions) and the trial table, each written atomically."""
+    n_pos = torch.tensor(res.trials["n_positions"].to_numpy(), dtype=torch.int32)
+    for b, path in zip(layers, state_paths, strict=True):
+        write_tensors({"states": res.states[b], "n_positions": n_pos}, path, metadata={"layer": str(b)})
+    write_table(res.trials, trials_path)
 
 
 def _fidelity(iv: Interventions, lengths: torch.Tensor) -> dict[str, list[float]]:

@@ -264,3 +264,27 @@ def _exact_tensors(meta: SAEMeta, index: int | None, device: str | torch.device
                 b = b - W @ c
             t = get("threshold", (rows,)) if meta.activation == "jumprelu" else torch.zeros(W.shape[0])
     return tuple(v.to(device) for v in (W, b, t, U, c))
+
+
+class SAESource(NamedTuple):
+    """Where a suite's SAEs are: a folder template with `{layer}` (local or a hub path) and the
+    format of its files (config section `saes`)."""
+
+    path: str
+    format: str
+
+    def folder(self, layer: int) -> Path:
+        return sae_dir(self.path, layer)
+
+    def meta(self, layer: int) -> SAEMeta:
+        """The layer's metadata, checked against the block it is configured for."""
+        meta = read_meta(self.folder(layer), self.format, layer)
+        check_hook(meta, layer, self.path)
+        return meta
+
+    def load(self, layer: int, device: str | torch.device = "cpu") -> SAE:
+        return load_sae(self.folder(layer), self.format, layer, device)
+
+    def feature(self, layer: int, index: int, device: str | torch.device = "cpu") -> Feature:
+        return load_feature(self.folder(layer), self.format, layer, index, device)
+

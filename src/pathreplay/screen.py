@@ -10,30 +10,11 @@ import numpy as np
 import pandas as pd
 
 from .behaviour import behaviour_effects
-from .config import Prompt
 from .features import CANONICAL
-from .plan import Condition, stable_seed
-from .replay import Job, ReplaySettings, run_jobs
+from .plan import Condition, baseline_jobs, patched_jobs
+from .prompts import Prompt
+from .replay import ReplaySettings, run_jobs
 from .sae import Feature
-
-
-def trial_seed(seed: int, prompt_id: str, trial: int, stream: str = "main") -> int:
-    """The seed of trial `trial` on a prompt: shared by baseline and every patched condition."""
-    return stable_seed(seed, stream, prompt_id, trial)
-
-
-def baseline_jobs(prompts: Sequence[Prompt], trials: int, seed: int, stream: str = "main",
-                  condition: str = "baseline") -> list[Job]:
-    return [Job(p.id, p.context, p.text, condition, t, trial_seed(seed, p.id, t, stream))
-            for p in prompts for t in range(trials)]
-
-
-def patched_jobs(prompts: Sequence[Prompt], row: Any, conditions: Sequence[Condition],
-                 trials: int, seed: int) -> list[Job]:
-    """Jobs of one feature (a feature-table row): every prompt x condition x trial."""
-    return [Job(p.id, p.context, p.text, c.name, t, trial_seed(seed, p.id, t),
-                c.scale * float(getattr(row, c.column)))
-            for p in prompts for c in conditions for t in range(trials)]
 
 
 def screen_features(model: Any, tok: Any, candidates: pd.DataFrame, features: dict[str, tuple[int, Feature]],

@@ -8,9 +8,12 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import run_cli
+
+if TYPE_CHECKING:
+    from .model import Device
 
 
 def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
@@ -58,9 +61,9 @@ class _Tee:
         return False
 
 
-def claim_device(device: str) -> Any:
+def claim_device(device: Device) -> Any:
     """Claim a GPU slot (unless the config says cpu) and return the torch device to use."""
-    from .gpu import acquire_device
+    from .gpu import acquire_device  # torch only for the scripts that load a model
     from .model import resolve_device
 
     if device != "cpu":
@@ -69,46 +72,10 @@ def claim_device(device: str) -> Any:
     return resolve_device(device)
 
 
-def open_model(params: Any) -> tuple[Any, Any]:
-    """Claim a device and load the configured model and tokenizer onto it."""
+def open_model(device: Device, path: str, dtype: str = "float32", trust_remote_code: bool = False
+               ) -> tuple[Any, Any]:
+    """Claim a device and load the model and tokenizer (config section `model`) onto it."""
     from .model import load_model
 
-    claim_device(params.device)
-    m = params.model
-    return load_model(m["path"], m["dtype"], params.device, m.get("trust_remote_code", False))
-
-
-def replay_settings(params: Any, section: str = "replay") -> Any:
-    """ReplaySettings from a rule's params (the `replay` section, or the screen's overrides)."""
-    from .plan import CaptureSpec
-    from .replay import ReplaySettings
-
-    r = params.replay
-    if section == "screen":
-        s = params.screen
-        return ReplaySettings(s["max_new_tokens"], r["temperature"], r["batch_size"], (),
-                              CaptureSpec("first", 0), params.parser, r["mode"], r["positions"], 0,
-                              r["engine"])
-    return ReplaySettings(r["max_new_tokens"], r["temperature"], r["batch_size"],
-                          tuple(params.saes["layers"]), CaptureSpec.parse(r["capture"]["generated"]),
-                          params.parser, r["mode"], r["positions"], r["top_logits"], r["engine"])
-
-
-def feature_slices(saes: dict[str, Any], table: Any, device: Any) -> dict[str, tuple[int, Any]]:
-    """name -> (block, feature slice) for every row of a table with layer and feature_id."""
-    from .errors import fail
-    from .plan import feature_name
-    from .sae import load_feature, sae_dir
-
-    out = {}
-    for row in table.itertuples():
-        layer = int(row.layer)
-        name = feature_name(layer, row.feature_id)
-        feat = load_feature(sae_dir(saes["path"], layer), saes["format"], layer, int(row.feature_id), device)
-        if feat.gain < 0.05:
-            # Moving along the decoder row barely moves (or lowers) what the encoder reads: a clamp
-            # along it would need an enormous step. This is a broken or mismatched SAE.
-            fail(f"saes.path={saes['path']!r}", f"feature {name}'s encoder reads its own decoder row at "
-                 f"gain {feat.gain:.3g}", "check saes.format and the SAE files")
-        out[name] = (layer, feat)
-    return out
+    claim_device(device)
+    return load_model(path, dtype, device, trust_remote_code)

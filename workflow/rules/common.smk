@@ -1,4 +1,5 @@
-# Shared setup and input functions. Included first by the Snakefile.
+# Shared setup: the config checked once, the params each rule's job reads, and the input
+# functions that read the selection checkpoints. Included first by the Snakefile.
 import sys
 from pathlib import Path
 
@@ -9,16 +10,22 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 REPO = Path(workflow.basedir)
-sys.path.insert(0, str(REPO / "src"))
 
-from pathreplay.config import check_config, replay_estimate, schema_message  # noqa: E402
-from pathreplay.errors import UserError, run_cli  # noqa: E402
+try:
+    from pathreplay.config import check_config, replay_estimate
+    from pathreplay.errors import UserError, run_cli
+    from pathreplay.schema import SCHEMA, schema_message
+    from pathreplay.words.logs import log_paths
+    from pathreplay.words.settings import words_config
+except ImportError as err:
+    sys.exit(f"pathreplay: error: cannot import pathreplay ({err}); install it into this Python "
+             f"first: pip install -e {REPO}")
 
 
 def _check_config():
     """Schema, then what it cannot express; the capture estimate. Bad input: one line, exit 2."""
     try:
-        validate(config, schema=str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+        validate(config, schema=str(SCHEMA))
     except WorkflowError as err:
         raise UserError(schema_message(err)) from err
     check_config(config, REPO)
@@ -30,6 +37,52 @@ if ESTIMATE:
     print(f"pathreplay: {ESTIMATE}", file=sys.stderr)
 
 LAYERS = list(config["saes"]["layers"])
+DEMO = config["model"]["path"] == str((REPO / "resources" / "demo" / "model").resolve())
+
+# Words (RQ2): globs expanded once, here, so the DAG knows every log file.
+WORDS_CFG = run_cli(lambda: words_config(config["words"]))
+WORDS_LOGS = run_cli(lambda: log_paths(WORDS_CFG.logs, REPO)) if WORDS_CFG.logs else []
+WORDS_OUTPUTS = [
+    "results/words/word_effects.parquet",
+    "results/words/causal_word_effects.json",
+    "results/words/volcano",
+]
+
+
+wildcard_constraints:
+    layer=r"\d+",
+    shard=r"s\d+",
+    feature=r"L\d+-\d+",
+    prompt=r"[A-Za-z0-9_.-]+",
+
+
+# --- params: each job gets only the keys it reads, so changing a key reruns only its readers ---
+
+
+def pick(section, *keys):
+    """The named keys of one config section (every key when none are named)."""
+    s = config[section]
+    return {k: s[k] for k in keys} if keys else dict(s)
+
+
+def sae_source():
+    """Where the SAEs are: sae.SAESource(**sae_source())."""
+    return pick("saes", "path", "format")
+
+
+def replay_settings(stage):
+    """replay.ReplaySettings(**replay_settings(stage)) for the replay or the screen (which uses
+    its own max_new_tokens and captures nothing)."""
+    r = config["replay"]
+    out = dict(temperature=r["temperature"], batch_size=r["batch_size"], parser=config["parser"],
+               mode=r["mode"], positions=r["positions"], engine=r["engine"])
+    if stage == "screen":
+        return {**out, "max_new_tokens": config["screen"]["max_new_tokens"]}
+    return {**out, "max_new_tokens": r["max_new_tokens"], "capture_layers": LAYERS,
+            "capture": r["capture"]["generated"], "top_logits": r["top_logits"]}
+
+
+# --- inputs -------------------------------------------------------------------------------------
 
 
 def features_table():
@@ -65,8 +118,9 @@ def selected_features(wildcards=None):
 
 def layer_states(wildcards):
     """Every captured state file of one layer, baseline and patched."""
-    return ([f"results/replay/baseline/{p}/L{wildcards.layer}.safetensors" for p in replay_prompts()]
-            + [f"results/replay/patched/{s}/L{wildcards.layer}.safetensors" for s in replay_shards()])
+    return [f"results/replay/baseline/{p}/L{wildcards.layer}.safetensors" for p in replay_prompts()] + [
+        f"results/replay/patched/{s}/L{wildcards.layer}.safetensors" for s in replay_shards()
+    ]
 
 
 def effects_inputs(wildcards):
@@ -91,13 +145,17 @@ def pathway_inputs(wildcards=None):
 
 
 def default_targets():
-    """The pathways and their checks; the demo's figures when the demo model is in use."""
-    demo = config["model"]["path"] == str((REPO / "resources" / "demo" / "model").resolve())
-    return ((["results/qc/demo_figures.tsv"] if demo else []) + [
-        "results/pathways/edges.parquet",
-        "results/pathways/paths.tsv",
-        "results/behavior/effects.parquet",
-        "results/qc/placebo.tsv",
-        "results/qc/patch_fidelity.tsv",
-        "results/qc/sae_quality.tsv",
-    ] + WORDS_TARGETS)
+    """The pathways and their checks; the demo's figures when the demo model is in use; the
+    words when words.logs lists files."""
+    return (
+        (["results/qc/demo_figures.tsv"] if DEMO else [])
+        + [
+            "results/pathways/edges.parquet",
+            "results/pathways/paths.tsv",
+            "results/behavior/effects.parquet",
+            "results/qc/placebo.tsv",
+            "results/qc/patch_fidelity.tsv",
+            "results/qc/sae_quality.tsv",
+        ]
+        + (WORDS_OUTPUTS if WORDS_LOGS else [])
+    )

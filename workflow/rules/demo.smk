@@ -20,8 +20,9 @@ rule demo_figures:
     log:
         "results/logs/demo_figures.log",
     params:
-        model=config["model"],
-        saes=config["saes"],
+        model=config["model"]["path"],
+        saes=sae_source(),
+        layers=LAYERS,
         seed=config["seed"],
         device=config["device"],
     resources:

@@ -10,7 +10,7 @@ rule encode:
     log:
         "results/logs/encode/L{layer}.log",
     params:
-        saes=config["saes"],
+        saes=sae_source(),
         device=config["device"],
     resources:
         gpu=1,
@@ -26,4 +26,4 @@ rule sae_quality:
     log:
         "results/logs/sae_quality.log",
     script:
-        "../scripts/concat_tables.py"
+        "../scripts/sae_quality.py"

@@ -8,11 +8,12 @@ rule exp1:
     log:
         "results/logs/exp1.log",
     params:
-        model=config["model"],
-        saes=config["saes"],
-        exp1=config["exp1"],
-        seed=config["seed"],
+        model=pick("model"),
         device=config["device"],
+        saes=sae_source(),
+        layers=LAYERS,
+        exp1=pick("exp1"),
+        seed=config["seed"],
         parser=config["parser"],
     resources:
         gpu=1,

@@ -10,8 +10,7 @@ rule effects:
     log:
         "results/logs/effects/{feature}.log",
     params:
-        stats=config["stats"],
-        layers=LAYERS,
+        stats=pick("stats", "min_delta", "min_prompts"),
     script:
         "../scripts/effects.py"
 
@@ -28,6 +27,6 @@ rule pathways:
     log:
         "results/logs/pathways.log",
     params:
-        stats=config["stats"],
+        stats=pick("stats", "alpha", "min_delta"),
     script:
         "../scripts/pathways.py"

@@ -1,31 +1,32 @@
 # Replay: baseline trials per prompt (shared by every feature replayed on it) and patched trials
-# per shard, with the residual captured after every SAE layer.
+# per shard, with the residual captured after every SAE layer. A baseline reads its prompt and
+# the generation settings only: a new selection or other SAEs leave it complete.
 
 
 rule replay_baseline:
     input:
-        plan="results/replay/plan.tsv",
+        prompts=config["prompts"]["file"],
     output:
         trials="results/replay/baseline/{prompt}/trials.parquet",
         states=expand("results/replay/baseline/{{prompt}}/L{layer}.safetensors", layer=LAYERS),
     log:
         "results/logs/replay_baseline/{prompt}.log",
     params:
-        model=config["model"],
-        saes=config["saes"],
-        prompts=config["prompts"],
-        replay=config["replay"],
-        seed=config["seed"],
+        model=pick("model"),
         device=config["device"],
-        parser=config["parser"],
+        settings=replay_settings("replay"),
+        trials=config["replay"]["trials"],
+        placebo=config["replay"]["placebo"],
+        seed=config["seed"],
     resources:
         gpu=1,
     script:
-        "../scripts/replay.py"
+        "../scripts/replay_baseline.py"
 
 
 rule replay_patched:
     input:
+        prompts=config["prompts"]["file"],
         plan="results/replay/plan.tsv",
         selected="results/features/selected.tsv",
     output:
@@ -34,14 +35,14 @@ rule replay_patched:
     log:
         "results/logs/replay_patched/{shard}.log",
     params:
-        model=config["model"],
-        saes=config["saes"],
-        prompts=config["prompts"],
-        replay=config["replay"],
-        seed=config["seed"],
+        model=pick("model"),
         device=config["device"],
-        parser=config["parser"],
+        saes=sae_source(),
+        settings=replay_settings("replay"),
+        conditions=config["replay"]["conditions"],
+        trials=config["replay"]["trials"],
+        seed=config["seed"],
     resources:
         gpu=1,
     script:
-        "../scripts/replay.py"
+        "../scripts/replay_patched.py"

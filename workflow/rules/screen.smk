@@ -10,15 +10,15 @@ rule screen:
     log:
         "results/logs/screen.log",
     params:
-        model=config["model"],
-        saes=config["saes"],
-        prompts=config["prompts"],
-        screen=config["screen"],
-        columns=table_columns(features_table()),
-        replay=config["replay"],
-        seed=config["seed"],
+        model=pick("model"),
         device=config["device"],
-        parser=config["parser"],
+        saes=sae_source(),
+        layers=LAYERS,
+        prompts=config["prompts"]["file"],
+        screen=pick("screen", "top_n", "prompts", "conditions", "trials", "alpha", "min_delta"),
+        columns=table_columns(features_table()),
+        settings=replay_settings("screen"),
+        seed=config["seed"],
     resources:
         gpu=1,
     script:

@@ -10,27 +10,32 @@ checkpoint select_features:
     log:
         "results/logs/select_features.log",
     params:
-        select=config["select"],
-        saes=config["saes"],
+        select=pick("select"),
+        layers=LAYERS,
         columns=table_columns(selection_input()),
     script:
         "../scripts/select_features.py"
 
 
+TOP_ACTIVATION = config["prompts"]["strategy"] == "top_activation"
+
+
 checkpoint select_prompts:
     input:
         selected="results/features/selected.tsv",
+        prompts=config["prompts"]["file"],
     output:
         plan="results/replay/plan.tsv",
     log:
         "results/logs/select_prompts.log",
     params:
-        model=config["model"],
-        saes=config["saes"],
-        prompts=config["prompts"],
-        replay=config["replay"],
-        device=config["device"],
+        per_feature=config["prompts"]["per_feature"],
+        strategy=config["prompts"]["strategy"],
+        # the model and SAEs only where the prompts are chosen by the feature's activation
+        model=pick("model") if TOP_ACTIVATION else None,
+        device=config["device"] if TOP_ACTIVATION else None,
+        saes=sae_source() if TOP_ACTIVATION else None,
     resources:
-        gpu=1 if config["prompts"]["strategy"] == "top_activation" else 0,
+        gpu=1 if TOP_ACTIVATION else 0,
     script:
         "../scripts/select_prompts.py"

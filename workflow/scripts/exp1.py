@@ -1,18 +1,16 @@
 from pathreplay.exp1 import feature_table, play_games
 from pathreplay.io import write_table
-from pathreplay.sae import load_sae, sae_dir
+from pathreplay.sae import SAESource
 from pathreplay.workflow import open_model, run_script
 
 
 def main(sm):
-    p, s, e = sm.params, sm.params.saes, sm.params.exp1
-    model, tok = open_model(p)
+    p = sm.params
+    model, tok = open_model(p.device, **p.model)
     dev = next(model.parameters()).device
-    result = play_games(model, tok, list(s["layers"]), games=e["games"], max_rounds=e["max_rounds"],
-                        temperature=e["temperature"], max_new_tokens=e["max_new_tokens"],
-                        batch_size=e["batch_size"], seed=p.seed, parser=p.parser,
-                        stop_at_newline=e["stop_at_newline"])
-    table = feature_table(result, lambda layer: load_sae(sae_dir(s["path"], layer), s["format"], layer, dev))
+    result = play_games(model, tok, list(p.layers), **p.exp1, seed=p.seed, parser=p.parser)
+    saes = SAESource(**p.saes)
+    table = feature_table(result, lambda layer: saes.load(layer, dev))
     write_table(result.games, sm.output.games)
     write_table(table, sm.output.features)
 

@@ -1,26 +1,27 @@
-from pathreplay.config import read_prompts
-from pathreplay.features import read_feature_table
+from pathreplay.features import feature_slices, read_feature_table
 from pathreplay.io import write_table
 from pathreplay.plan import parse_conditions, select_features
+from pathreplay.prompts import read_prompts
+from pathreplay.replay import ReplaySettings
+from pathreplay.sae import SAESource
 from pathreplay.screen import classify, screen_features
-from pathreplay.workflow import feature_slices, open_model, replay_settings, run_script
+from pathreplay.workflow import open_model, run_script
 
 
 def main(sm):
     p, s = sm.params, sm.params.screen
     table = read_feature_table(sm.input[0], p.columns or None)
-    candidates = select_features(table, top_n=s["top_n"], shard_size=s["top_n"],
-                                 sae_layers=p.saes["layers"])
-    prompts = read_prompts(p.prompts["file"])
+    candidates = select_features(table, top_n=s["top_n"], shard_size=s["top_n"], sae_layers=p.layers)
+    prompts = read_prompts(p.prompts)
     if s["prompts"]:  # ids checked at the start
         known = {q.id: q for q in prompts}
         prompts = [known[i] for i in s["prompts"]]
-    model, tok = open_model(p)
+    model, tok = open_model(p.device, **p.model)
     dev = next(model.parameters()).device
-    feats = feature_slices(p.saes, candidates, dev)
+    feats = feature_slices(SAESource(**p.saes), candidates, dev)
     conds = parse_conditions(s["conditions"], "screen.conditions")
     effects, _ = screen_features(model, tok, candidates, feats, prompts, conds, s["trials"],
-                                 replay_settings(p, "screen"), p.seed)
+                                 ReplaySettings(**p.settings), p.seed)
     verdict = classify(candidates, effects, s["alpha"], s["min_delta"])
     write_table(effects, sm.output.behaviour)
     write_table(verdict, sm.output.features)

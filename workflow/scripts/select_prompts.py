@@ -2,26 +2,28 @@ import logging
 
 import pandas as pd
 
-from pathreplay.config import read_prompts
+from pathreplay.features import feature_slices
 from pathreplay.io import write_table
-from pathreplay.patch import last_position_values
 from pathreplay.plan import prompts_for_features
-from pathreplay.workflow import feature_slices, open_model, run_script
+from pathreplay.prompts import read_prompts
+from pathreplay.runtime.patch import last_position_values
+from pathreplay.sae import SAESource
+from pathreplay.workflow import open_model, run_script
 
 
 def main(sm):
     p = sm.params
     selected = pd.read_csv(sm.input.selected, sep="\t")
-    prompts = read_prompts(p.prompts["file"])
+    prompts = read_prompts(sm.input.prompts)
     activations = None
-    if p.prompts["strategy"] == "top_activation" and len(selected):
-        model, tok = open_model(p)
-        feats = feature_slices(p.saes, selected, next(model.parameters()).device)
+    if p.strategy == "top_activation" and len(selected):
+        model, tok = open_model(p.device, **p.model)
+        feats = feature_slices(SAESource(**p.saes), selected, next(model.parameters()).device)
         activations = last_position_values(model, tok, [q.text for q in prompts], feats)
-    plan = prompts_for_features(selected, prompts, p.prompts["per_feature"], p.prompts["strategy"], activations)
+    plan = prompts_for_features(selected, prompts, p.per_feature, p.strategy, activations)
     plan = plan.merge(selected[["feature", "layer", "feature_id", "shard"]], on="feature")
     logging.info("%d features x %d prompts each; %d distinct prompts need a baseline",
-                 plan["feature"].nunique(), p.prompts["per_feature"], plan["prompt_id"].nunique())
+                 plan["feature"].nunique(), p.per_feature, plan["prompt_id"].nunique())
     write_table(plan[["feature", "layer", "feature_id", "shard", "prompt_id", "context"]], sm.output.plan)
 
 

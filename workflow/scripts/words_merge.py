@@ -1,6 +1,7 @@
 import logging
 
-from pathreplay.words import merge_shards, words_config
+from pathreplay.words.report import merge_shards
+from pathreplay.words.settings import words_config
 from pathreplay.workflow import run_script
 
 

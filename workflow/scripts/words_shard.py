@@ -2,16 +2,17 @@ import logging
 
 from pathreplay.errors import fail
 from pathreplay.io import write_table
-from pathreplay.words import run_shard, words_config
+from pathreplay.words.effects import run_shard
+from pathreplay.words.settings import words_config
 from pathreplay.workflow import run_script
 
 
 def main(sm):
     cfg = words_config(sm.params.words)
-    logs = list(sm.params.logs)
+    logs = list(sm.input)
     if not logs:
         fail("config words.logs", "is empty", "list your trial logs (paths or globs) under words.logs")
-    shard = int(sm.params.shard)
+    shard = int(sm.wildcards.shard)
     effects = run_shard(logs, cfg, shard)
     write_table(effects, sm.output[0])
     logging.info("shard %d of %d: %d tested rows from %d log files", shard, cfg.shards, len(effects), len(logs))

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..model import encode_prompts, positions
 from .patch import Interventions
 from .static import Store
 
@@ -106,18 +107,6 @@ def cache_arg(model: Any) -> str:
     """The forward's name for the KV cache: `cache` in newer transformers 5 releases,
     `past_key_values` in older ones, which silently ignore (and so never use) a `cache=`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded input ids and attention mask."""
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Each token's position counted from its row's first real token (left padding sits at 0)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .sae import SAE, Feature
+from ..model import encode_prompts, positions
+from ..sae import SAE, Feature
 from .static import Store
 
-MODES = ("clamp", "reconstruct", "add")
-POSITIONS = ("all", "exp2", "generated")
+Mode = Literal["clamp", "reconstruct", "add"]
+Positions = Literal["all", "exp2", "generated"]
+MODES, POSITIONS = get_args(Mode), get_args(Positions)
 
 
 class Patch(NamedTuple):
@@ -41,8 +43,8 @@ class Patch(NamedTuple):
     block: int
     feature: Feature
     values: torch.Tensor  # [batch]; NaN = row not patched
-    mode: str = "clamp"
-    positions: str = "exp2"
+    mode: Mode = "clamp"
+    positions: Positions = "exp2"
     sae: SAE | None = None  # needed by `reconstruct` only
 
 
@@ -92,7 +94,7 @@ class Interventions:
     """
 
     def __init__(self, model: torch.nn.Module, patches: Sequence[Patch] = (),
-                 capture: Sequence[int] = (), capture_prompt: str = "last") -> None:
+                 capture: Sequence[int] = (), capture_prompt: Literal["last", "all"] = "last") -> None:
         self.layers = decoder_layers(model)
         self.d_model = int(model.config.hidden_size)
         self.patches = list(patches)
@@ -225,8 +227,6 @@ def last_position_values(model: torch.nn.Module, tok: Any, texts: Sequence[str],
                          features: Mapping[str, tuple[int, Feature]], batch: int = 16) -> dict[str, np.ndarray]:
     """Each feature's value (name -> (block, feature)) at the last token of each text, in
     left-padded batches with positions counted from each text's first token, as in generation."""
-    from .generate import encode_prompts, positions
-
     dev = next(model.parameters()).device
     blocks = sorted({b for b, _ in features.values()})
     out = {name: np.zeros(len(texts)) for name in features}

@@ -1,0 +1,4 @@
+"""What runs inside a forward pass: patch and capture (`patch`), coupled sampling and the
+generation loop (`generate`), the static-cache engine whose decode steps replay as CUDA graphs
+(`engine`), its kernels (`kernels`) and the tensors a graphed step reads and writes (`static`).
+Everything a decode step touches lives here; the rest of the package plans, stores and tests."""

@@ -1,0 +1,197 @@
+"""Trial logs in any of the study's layouts, streamed in chunks as canonical trials."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..errors import fail
+from ..features import parse_feature_name
+from .settings import LOG_FIELDS, WordsConfig, level_label
+
+
+def log_paths(patterns: Sequence[str], repo: Path | None = None) -> list[str]:
+    """Expand `words.logs` globs (relative to the working directory, else `repo`), sorted and
+    deduplicated; a pattern that matches nothing is a user error."""
+    out: list[str] = []
+    for pat in patterns:
+        bases = [Path(pat)] if os.path.isabs(pat) else [Path.cwd() / pat] + ([repo / pat] if repo else [])
+        hits: list[str] = []
+        for b in bases:
+            hits = sorted(glob.glob(str(b), recursive=True))
+            if hits:
+                break
+        if not hits:
+            fail(f"config words.logs: {pat!r}", "matches no file", "fix the path or glob (relative to the working directory)")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def _format(path: str) -> str:
+    name = path[:-3] if path.endswith(".gz") else path
+    suffix = Path(name).suffix.lower()
+    kinds = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
+             ".parquet": "parquet", ".pq": "parquet"}
+    if suffix not in kinds:
+        fail(path, f"unknown log format {suffix!r}", "use .json (a list of trials), .jsonl, .csv, .tsv or .parquet")
+    return kinds[suffix]
+
+
+def _open(path: str) -> IO[str]:
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _source_columns(cfg: WordsConfig) -> dict[str, str]:
+    return {c: cfg.columns.get(c, c) for c in LOG_FIELDS}
+
+
+def _chunks_json(path: str, chunk: int) -> Iterator[list[dict]]:
+    with _open(path) as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as e:
+            fail(f"{path}:{e.lineno}", f"not valid JSON ({e.msg})", "give a JSON list of trial objects")
+    if isinstance(data, Mapping) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        fail(path, "top level is not a list", "give a JSON list of trial objects (or use .jsonl)")
+    for i in range(0, len(data), chunk):
+        yield data[i:i + chunk]
+
+
+def _chunks_jsonl(path: str, chunk: int) -> Iterator[list[dict]]:
+    def parse(lines: list[str], numbers: list[int]) -> list[dict]:
+        try:  # one call per chunk is ~1.5x faster than a call per line
+            return json.loads("[" + ",".join(lines) + "]")
+        except json.JSONDecodeError:
+            for n, line in zip(numbers, lines):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    fail(f"{path}:{n}", f"not valid JSON ({e.msg})", "write one JSON object per line")
+            raise
+
+    lines: list[str] = []
+    numbers: list[int] = []
+    with _open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                lines.append(line)
+                numbers.append(n)
+            if len(lines) >= chunk:
+                yield parse(lines, numbers)
+                lines, numbers = [], []
+    if lines:
+        yield parse(lines, numbers)
+
+
+def _columns_chunks(path: str, kind: str, wanted: set[str], chunk: int) -> Iterator[dict[str, list]]:
+    """Chunks as {source column: values} for the wanted columns that the file has."""
+    if kind in ("json", "jsonl"):
+        reader = _chunks_json(path, chunk) if kind == "json" else _chunks_jsonl(path, chunk)
+        for recs in reader:
+            if not all(isinstance(r, Mapping) for r in recs[:50]):
+                fail(path, "a trial is not a JSON object", "give one {field: value} object per trial")
+            present = {k for r in recs[:50] for k in r} & wanted
+            yield {k: [r.get(k) for r in recs] for k in present}
+    elif kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        use = [c for c in header if c in wanted]
+        for df in pd.read_csv(path, sep=sep, usecols=use, chunksize=chunk, dtype=str, keep_default_na=False):
+            yield {c: df[c].tolist() for c in use}
+    else:
+        pf = pq.ParquetFile(path)
+        use = [c for c in pf.schema_arrow.names if c in wanted]
+        for batch in pf.iter_batches(batch_size=chunk, columns=use):
+            yield {c: batch.column(c).to_pylist() for c in use}
+
+
+def _ints(values: list, path: str, field: str) -> list[int]:
+    try:
+        return [int(float(v)) for v in values]
+    except (TypeError, ValueError):
+        bad = next(v for v in values if not _is_number(v))
+        fail(path, f"field {field!r} has the non-number {bad!r}", f"map words.columns.{field} to an integer column")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+class Trials(NamedTuple):
+    """One chunk of trials in canonical form (parallel lists)."""
+
+    layer: list[int]
+    feature_id: list[int]
+    context: list[str]
+    condition: list[str]
+    level: list[float]
+    response: list[str]
+
+
+def _canonical(raw: dict[str, list], path: str, cfg: WordsConfig) -> Trials:
+    src = _source_columns(cfg)
+    n = len(next(iter(raw.values()))) if raw else 0
+
+    def need(canon: str, fix: str) -> list:
+        col = src[canon]
+        if col not in raw:
+            fail(path, f"column {col!r} (words.columns.{canon}) not found; it has {sorted(raw)}", fix)
+        return raw[col]
+
+    if src["layer"] in raw and src["feature_id"] in raw:
+        layer = _ints(raw[src["layer"]], path, "layer")
+        fid = _ints(raw[src["feature_id"]], path, "feature_id")
+    else:
+        layer, fid = [], []
+        for v in need("feature", "map words.columns.layer and .feature_id, or .feature (\"L21-2794\")"):
+            if v is None or not str(v).strip():  # no feature: a baseline shared by every feature
+                layer.append(-1)
+                fid.append(-1)
+                continue
+            parsed = parse_feature_name(str(v))
+            if parsed is None:
+                fail(path, f"feature {v!r} is not like 'L21-2794'", "map words.columns.layer and words.columns.feature_id")
+            layer.append(parsed[0])
+            fid.append(parsed[1])
+    if cfg.levels == "ordered":
+        raw_levels = need("level", "map words.columns.level to the numeric dose column (e.g. scale)")
+        if not all(_is_number(v) for v in raw_levels):
+            bad = next(v for v in raw_levels if not _is_number(v))
+            fail(path, f"level {bad!r} is not a number", "map words.columns.level to a numeric column")
+        level = [float(v) for v in raw_levels]
+        condition = [level_label(v) for v in level]
+    else:
+        condition = [str(v) for v in need("condition", "map words.columns.condition to the condition column")]
+        level = [math.nan] * n
+    if src["context"] in raw:
+        context = [str(v) for v in raw[src["context"]]]
+    else:  # the original logs name the context as the condition's prefix ("safe_with_risky_patch")
+        context = [c.split("_", 1)[0] if "_" in c else "all" for c in condition]
+    response = ["" if v is None else str(v) for v in need("response", "map words.columns.response to the text column")]
+    return Trials(layer, fid, context, condition, level, response)
+
+
+def read_trials(paths: Sequence[str], cfg: WordsConfig) -> Iterator[Trials]:
+    """Stream every log file as canonical chunks of at most `cfg.chunk_rows` trials."""
+    wanted = set(_source_columns(cfg).values())
+    for path in paths:
+        if not os.path.exists(path):
+            fail(path, "log file not found", "fix words.logs")
+        kind = _format(path)
+        for raw in _columns_chunks(path, kind, wanted, cfg.chunk_rows):
+            if raw:
+                yield _canonical(raw, path, cfg)

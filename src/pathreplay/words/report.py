@@ -1,0 +1,112 @@
+"""The word analysis' outputs: the table, the original JSON layout (extended) and volcano plots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..features import feature_name
+from ..io import atomic_dir, write_json, write_table
+from .effects import DTYPES, SORT, empty_effects, relabel
+from .settings import ORIGINAL_ALL_KEYS, WordsConfig
+
+
+def _entry(r: Any) -> dict[str, Any]:
+    return {"word": r.word, "baseline_freq": float(r.baseline_freq), "patched_freq": float(r.patched_freq),
+            "log_odds_ratio": float(r.log_odds_ratio), "p_value": float(r.p_value),
+            "baseline_count": int(r.baseline_count), "patched_count": int(r.patched_count),
+            "baseline_n": int(r.baseline_n), "patched_n": int(r.patched_n), "log_odds_z": float(r.log_odds_z),
+            "q_value": float(r.q_value), "effect": float(r.effect), "test": r.test, "stem": r.stem,
+            "baseline": r.baseline, "patched": r.patched}
+
+
+def _contrast_keys(rows: pd.DataFrame, cfg: WordsConfig) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for name, part in rows.groupby("contrast", sort=True):
+        part = part.sort_values("log_odds_z", key=np.abs, ascending=False)
+        sig = part[part.q_value < cfg.alpha]
+        up = sig[sig.log_odds_ratio > 0] if part.kind.iloc[0] == "pairwise" else sig[sig.effect > 0]
+        down = sig[sig.log_odds_ratio < 0] if part.kind.iloc[0] == "pairwise" else sig[sig.effect < 0]
+        out[f"{name}_adds"] = [_entry(r) for r in up.head(cfg.top_words).itertuples()]
+        out[f"{name}_removes"] = [_entry(r) for r in down.head(cfg.top_words).itertuples()]
+        out[f"{name}_all"] = [_entry(r) for r in part.head(50).itertuples()]
+        if name in ORIGINAL_ALL_KEYS:
+            out[ORIGINAL_ALL_KEYS[name]] = out[f"{name}_all"]
+    return out
+
+
+def causal_json(effects: pd.DataFrame, cfg: WordsConfig) -> list[dict[str, Any]]:
+    """The original `causal_word_effects` layout, one entry per feature: `<contrast>_adds` /
+    `_removes` for the primary text (the first of `words.texts`), every text under `by_text`."""
+    out = []
+    for (layer, fid), rows in effects.groupby(["layer", "feature_id"], sort=True):
+        by_text = {t: _contrast_keys(part, cfg) for t, part in rows.groupby("text")}
+        primary = cfg.texts[0]
+        out.append({"feature": feature_name(layer, fid), "layer": int(layer), "feature_id": int(fid),
+                    "text": primary, **by_text.get(primary, {}), "by_text": by_text})
+    return out
+
+
+def top_features(effects: pd.DataFrame, cfg: WordsConfig) -> list[tuple[int, int]]:
+    """Features with the most words at q < alpha in the primary text (ties: smallest p)."""
+    e = effects[effects.text == cfg.texts[0]]
+    if e.empty:
+        return []
+    score = e.assign(sig=e.q_value < cfg.alpha).groupby(["layer", "feature_id"]).agg(
+        sig=("sig", "sum"), best=("p_value", "min")).reset_index()
+    score = score.sort_values(["sig", "best", "layer", "feature_id"], ascending=[False, True, True, True])
+    return [(int(a), int(b)) for a, b in score[["layer", "feature_id"]].head(cfg.top_features_plot).to_numpy()]
+
+
+def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: WordsConfig) -> list[Path]:
+    """One PNG per top feature: log-odds ratio vs -log10 p, a panel per contrast."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; chosen before pyplot loads, which is why both load here
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for layer, fid in top_features(effects, cfg):
+        e = effects[(effects.layer == layer) & (effects.feature_id == fid) & (effects.text == cfg.texts[0])]
+        names = sorted(e.contrast.unique())
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            part = e[e.contrast == name]
+            sig = part.q_value < cfg.alpha
+            y = -np.log10(part.p_value.clip(lower=1e-300))
+            ax.scatter(part.log_odds_ratio[~sig], y[~sig], s=10, c="0.6", label="q >= alpha")
+            ax.scatter(part.log_odds_ratio[sig], y[sig], s=14, c="tab:red", label=f"q < {cfg.alpha:g}")
+            for r, yy in zip(part[sig].head(8).itertuples(), y[sig].head(8)):
+                ax.annotate(r.word, (r.log_odds_ratio, yy), fontsize=7, xytext=(2, 2), textcoords="offset points")
+            ax.axvline(0, c="0.8", lw=0.8)
+            versus = "highest vs lowest level" if part.kind.iloc[0] == "trend" else "patched vs baseline"
+            ax.set(title=name, xlabel=f"log-odds ratio, {versus}", ylabel="-log10 p")
+            ax.legend(fontsize=7, loc="upper left")
+        fig.suptitle(f"{feature_name(layer, fid)} ({cfg.texts[0]} text)")
+        fig.tight_layout()
+        path = out_dir / f"{feature_name(layer, fid)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def merge_shards(shard_paths: Sequence[str], cfg: WordsConfig, effects_path: str, json_path: str,
+                 plot_dir: str) -> pd.DataFrame:
+    """Concatenate shard tables and write the three final outputs, each atomically."""
+    parts = [pd.read_parquet(p) for p in shard_paths]
+    parts = [p for p in parts if len(p)]
+    effects = pd.concat(parts, ignore_index=True) if parts else empty_effects()
+    effects = relabel(effects).astype(DTYPES).sort_values(SORT, ignore_index=True)
+    write_table(effects, effects_path)
+    write_json(causal_json(effects, cfg), json_path)
+    with atomic_dir(plot_dir) as tmp:
+        volcano_plots(effects, tmp, cfg)
+    return effects

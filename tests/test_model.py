@@ -1,0 +1,42 @@
+"""Model loading's helpers: prompt encoding, positions, and prompts too long for the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEMO
+from pathreplay.errors import UserError
+from pathreplay.model import check_prompt_lengths, encode_prompts, positions, resolve_device
+from pathreplay.prompts import Prompt
+
+
+def test_positions_count_from_each_rows_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    assert positions(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
+
+
+def test_prompts_are_left_padded(tiny_lm):
+    _, tok = tiny_lm
+    ids, mask = encode_prompts(tok, ["Choice: ", "Round 1: Bet $10, Win, Balance $120\nChoice: "], torch.device("cpu"))
+    assert ids.shape == mask.shape and mask[1].all() and not mask[0, 0]
+    short = int(mask[0].sum())
+    alone, _ = encode_prompts(tok, ["Choice: "], torch.device("cpu"))
+    assert ids[0, -short:].tolist() == alone[0].tolist()  # the real tokens sit at the right
+    assert (ids[0, :-short] == tok.pad_token_id).all()
+
+
+def test_cpu_is_always_available_and_cuda_refused_without_a_gpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no GPU is visible"):
+            resolve_device("cuda")
+
+
+def test_prompt_longer_than_context_refused_before_gpu_work():
+    long = Prompt("long", "Round 1: Bet $10, Win, Balance $120\n" * 60, "safe")
+    with pytest.raises(UserError, match=r"prompt 'long' has \d+ tokens; .* context of 512.*shorten"):
+        check_prompt_lengths([long], "p.jsonl", str(DEMO / "model"), 12)
+    check_prompt_lengths([Prompt("ok", "Choice: ", "safe")], "p.jsonl", str(DEMO / "model"), 12)
+    with pytest.raises(UserError, match=r"model.path='.*nowhere'.*cannot read its tokenizer"):
+        check_prompt_lengths([Prompt("ok", "x", "safe")], "p.jsonl", str(DEMO / "nowhere"), 12)

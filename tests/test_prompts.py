@@ -1,0 +1,48 @@
+"""The prompts file: every bad line refused in one line that names it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pathreplay.errors import UserError
+from pathreplay.prompts import read_prompts
+
+
+@pytest.mark.parametrize("line,msg", [
+    ('{"id": "a", "text": "  ", "context": "safe"}', "empty"),
+    ('{"id": "a", "context": "safe"}', "field 'text' missing"),
+    ('{"id": "a", "text": "x"', "not valid JSON"),
+])
+def test_bad_prompts_are_refused(tmp_path, line, msg):
+    f = tmp_path / "p.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(UserError, match=msg):
+        read_prompts(str(f))
+
+
+def test_duplicate_prompt_ids_refused(tmp_path):
+    f = tmp_path / "p.jsonl"
+    rec = json.dumps({"id": "a", "text": "x", "context": "c"})
+    f.write_text(rec + "\n" + rec + "\n")
+    with pytest.raises(UserError, match="appears twice"):
+        read_prompts(str(f))
+
+
+def test_prompt_id_that_cannot_name_a_file_refused(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"id": "ok", "text": "x", "context": "c"}) + "\n"
+                 + json.dumps({"id": "state/00", "text": "x", "context": "c"}) + "\n")
+    with pytest.raises(UserError, match=r"p.jsonl:2: prompt id 'state/00' cannot name a file"):
+        read_prompts(str(f))
+
+
+def test_prompts_read_in_file_order(tmp_path):
+    f = tmp_path / "p.jsonl"
+    lines = [json.dumps({"id": i, "text": f"t{i}", "context": c}) for i, c in (("b", "safe"), ("a", 2))]
+    f.write_text("\n".join(lines) + "\n\n")
+    got = read_prompts(str(f))
+    assert [(q.id, q.text, q.context) for q in got] == [("b", "tb", "safe"), ("a", "ta", "2")]
+    with pytest.raises(UserError, match="file not found"):
+        read_prompts(str(tmp_path / "none.jsonl"))

@@ -1,0 +1,63 @@
+"""Trial logs in every format, streamed in chunks; bad logs refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathreplay.errors import UserError
+from pathreplay.words.effects import run_shard
+from pathreplay.words.logs import log_paths
+from pathreplay.words.settings import words_config
+from words_data import original_records, write_jsonl
+
+
+def test_formats_and_chunking_agree(tmp_path: Path) -> None:
+    recs = original_records(np.random.default_rng(1))
+    flat = pd.DataFrame([{k: v for k, v in r.items() if k != "parsed"} for r in recs])
+    paths = {"json": tmp_path / "a.json", "jsonl": tmp_path / "a.jsonl", "csv": tmp_path / "a.csv",
+             "parquet": tmp_path / "a.parquet"}
+    paths["json"].write_text(json.dumps(recs))
+    write_jsonl(paths["jsonl"], recs)
+    flat.to_csv(paths["csv"], index=False)
+    flat.to_parquet(paths["parquet"])
+    results = {k: run_shard([str(p)], words_config({"chunk_rows": 7 if k == "jsonl" else 1000}))
+               for k, p in paths.items()}
+    base = results["json"].drop(columns=["level_values", "level_n", "level_count"])
+    assert len(base) > 50
+    for k, r in results.items():
+        pd.testing.assert_frame_equal(r.drop(columns=["level_values", "level_n", "level_count"]), base, obj=k)
+
+
+def test_user_errors_name_file_field_and_fix(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [{"feature": "L1-2", "cond": "x", "response": "1"}])
+    with pytest.raises(UserError, match=r"t\.jsonl: column 'condition' \(words\.columns\.condition\) not found.*map"):
+        run_shard([str(path)], words_config({}))
+    bad = write_jsonl(tmp_path / "f.jsonl", [{"feature": "feature two", "condition": "x", "response": "1"}])
+    with pytest.raises(UserError, match=r"f\.jsonl: feature 'feature two' is not like 'L21-2794'"):
+        run_shard([str(bad)], words_config({}))
+    lv = write_jsonl(tmp_path / "l.jsonl", [{"feature": "L1-2", "scale": "high", "response": "1"}])
+    with pytest.raises(UserError, match=r"l\.jsonl: level 'high' is not a number"):
+        run_shard([str(lv)], words_config({"levels": "ordered", "columns": {"level": "scale"}}))
+    broken = tmp_path / "b.jsonl"
+    broken.write_text('{"feature": "L1-2"}\n\n{oops\n')
+    with pytest.raises(UserError, match=r"b\.jsonl:3: not valid JSON"):
+        run_shard([str(broken)], words_config({}))
+    with pytest.raises(UserError, match=r"matches no file"):
+        log_paths([str(tmp_path / "nothing*.jsonl")])
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(UserError, match=r"x\.xlsx: unknown log format '\.xlsx'"):
+        run_shard([str(tmp_path / "x.xlsx")], words_config({}))
+    with pytest.raises(UserError, match=r"gone\.jsonl: log file not found"):
+        run_shard([str(tmp_path / "gone.jsonl")], words_config({}))
+
+
+def test_log_globs_expand_sorted_and_deduplicated(tmp_path: Path) -> None:
+    for name in ("b.jsonl", "a.jsonl", "c.csv"):
+        (tmp_path / name).write_text("")
+    got = log_paths([str(tmp_path / "*.jsonl"), str(tmp_path / "a.jsonl")])
+    assert got == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]

@@ -1,0 +1,27 @@
+import pandas as pd
+
+from pathreplay.features import feature_slices
+from pathreplay.plan import parse_conditions
+from pathreplay.prompts import read_prompts
+from pathreplay.replay import ReplaySettings, run_features, write_result
+from pathreplay.sae import SAESource
+from pathreplay.workflow import open_model, run_script
+
+
+def main(sm):
+    p = sm.params
+    prompts = {q.id: q for q in read_prompts(sm.input.prompts)}
+    settings = ReplaySettings(**p.settings)
+    plan = pd.read_csv(sm.input.plan, sep="\t")
+    plan = plan[plan["shard"] == sm.wildcards.shard]
+    selected = pd.read_csv(sm.input.selected, sep="\t").set_index("feature").loc[plan["feature"].unique()]
+    model, tok = open_model(p.device, **p.model)
+    dev = next(model.parameters()).device
+    saes = SAESource(**p.saes)
+    feats = feature_slices(saes, selected.reset_index(), dev)
+    res = run_features(model, tok, selected, plan, prompts, feats, parse_conditions(p.conditions),
+                       p.trials, p.seed, settings, saes=saes, device=dev)
+    write_result(res, settings.capture_layers, sm.output.states, sm.output.trials)
+
+
+run_script(snakemake, main)  # noqa: F821
