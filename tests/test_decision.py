@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from pathreplay.decision import Decision, decision_boundary, fixed_bet, parse_decision
+
+
+def read(d: Decision) -> tuple:
+    """(action, bet, valid, end) with an unknown amount as None, so tuples compare."""
+    return (d.action, None if d.bet != d.bet else d.bet, d.valid, d.end)
 
 REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real" / "exp2_dose_response_trials_sample.jsonl"
 
@@ -19,22 +25,22 @@ REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real" / "exp2_dose_r
     ("2) Stop playing", None, ("stop", 0, True, 15)),
     ("Bet $25", None, ("bet", 25, True, 7)),
     ("1\n", 10, ("bet", 10, True, 2)),
-    ("1\n", None, ("stop", 0, False, 2)),
+    ("1\n", None, ("bet", None, True, 2)),  # a bet whose amount is missing, not a stop
     ("1, 50\n", None, ("bet", 50, True, 6)),
     ("1\n\nBet: $30\nRound 4: Bet $10, Win, Balance $50\n", None, ("bet", 30, True, 12)),
     ("1\nRound 4: Bet $10, Win, Balance $50\n", 10, ("bet", 10, True, 2)),
     ("1\nChoice: 2\nChoice: 1\n", 10, ("bet", 10, True, 2)),
     ("1\nYour choice: $15\n", None, ("bet", 15, True, 19)),
-    ("1\nAmount: $130\n", None, ("stop", 0, False, 15)),
-    ("1\nAmount: 3\n", None, ("stop", 0, False, 12)),
-    ("3\n", None, ("stop", 0, False, 2)),
+    ("1\nAmount: $130\n", None, ("bet", None, True, 15)),  # a bet the game cannot take
+    ("1\nAmount: 3\n", None, ("bet", None, True, 12)),
+    ("3\n", None, ("none", None, False, 2)),  # no such option: no decision, never a stop
     ("I will stop now.", None, ("stop", 0, True, 16)),
-    ("", None, ("stop", 0, False, 0)),
-    ("Game history:\nRound 1: Bet $10\n", None, ("stop", 0, False, 14)),
+    ("", None, ("none", None, False, 0)),
+    ("Game history:\nRound 1: Bet $10\n", None, ("none", None, False, 14)),
 ])
 def test_first_hand_written(text: str, fixed: int | None, expected: tuple) -> None:
     d = parse_decision(text, fixed_bet=fixed)
-    assert (d.action, d.bet, d.valid, d.end) == expected, d
+    assert read(d) == expected, d
     assert d.reason
 
 
@@ -61,8 +67,8 @@ def test_first_reason_names_the_evidence() -> None:
 
 def test_first_respects_bet_limits() -> None:
     assert parse_decision("1) Bet $150", max_bet=200) == Decision("bet", 150, True, "choice 1 then $150", 11)
-    assert not parse_decision("1) Bet $150").valid
-    assert not parse_decision("1) Bet $4").valid
+    assert read(parse_decision("1) Bet $150"))[:3] == ("bet", None, True)  # bets, at no amount we can use
+    assert math.isnan(parse_decision("1) Bet $4").bet)
     assert parse_decision("1) Bet $4", min_bet=1).bet == 4
 
 
@@ -71,12 +77,12 @@ def test_first_respects_bet_limits() -> None:
     ("1\n2) Stop\n", ("stop", 0, True)),
     ("Bet $10 then $200 then $40", ("bet", 40, True)),
     ("Bet $3, maybe 7 or 50", ("bet", 7, True)),
-    ("1\n", ("stop", 0, False)),
+    ("1\n", ("stop", 0, False)),  # the original's record of "nothing found"; valid False: never counted
     ("nothing here", ("stop", 0, False)),
 ])
 def test_legacy_hand_written(text: str, expected: tuple) -> None:
     d = parse_decision(text, "legacy")
-    assert (d.action, d.bet, d.valid) == expected
+    assert read(d)[:3] == expected
     assert d.end == len(text)
 
 
@@ -92,7 +98,7 @@ REAL_DIFFERENCES = [
     ("risky", "2\nYou quit with $20.", ("stop", 0, True, 2), ("bet", 20, True)),
     ("risky", "2\n\nCurrent round: 5\n", ("stop", 0, True, 2), ("bet", 5, True)),
     ("risky", "1\nAmount: $5\nTotal: $25\n", ("bet", 5, True, 13), ("bet", 25, True)),
-    ("risky", "1\nNew total: $25\n", ("stop", 0, False, 2), ("bet", 25, True)),
+    ("risky", "1\nNew total: $25\n", ("bet", None, True, 2), ("bet", 25, True)),
     ("risky", "2\nScore: 20\nRound: 4\n\n", ("stop", 0, True, 2), ("bet", 20, True)),
     ("safe", "1\n\nChoice: 2\n", ("bet", 10, True, 2), ("stop", 0, False)),
     ("risky", "1\nInput value: 10\nInput value is not in range. Use 5-100\n  Choose a number between 5 "
@@ -107,9 +113,9 @@ def test_real_examples_where_modes_differ(context: str, text: str, first: tuple,
     fixed = 10 if context == "safe" else None
     f = parse_decision(text, fixed_bet=fixed)
     g = parse_decision(text, "legacy")
-    assert (f.action, f.bet, f.valid, f.end) == first
-    assert (g.action, g.bet, g.valid) == legacy
-    assert (f.action, f.bet, f.valid) != legacy
+    assert read(f) == first
+    assert read(g)[:3] == legacy
+    assert read(f)[:3] != legacy
 
 
 def _real_rows() -> list[dict]:
@@ -139,8 +145,9 @@ def test_real_agreement_with_stored_decisions() -> None:
     assert 0.70 <= rates["legacy"][0] < 0.72
     assert 0.52 <= rates["legacy"][1] < 0.54
     # `first` reads only this step's answer, so it disagrees wherever the stored parser picked
-    # "stop" or an amount out of the invented continuation (measured 0.667).
-    assert 0.65 <= rates["first"][0] < 0.69
+    # "stop" or an amount out of the invented continuation (measured 0.703; a bare "1" is a bet
+    # in both, and `first` leaves its amount unknown where the stored one took it from later text).
+    assert 0.69 <= rates["first"][0] < 0.72
 
 
 def test_real_first_stops_only_on_the_answer_line() -> None:
@@ -162,3 +169,14 @@ def test_fixed_bet_is_read_from_the_prompts_option() -> None:
     prompts = exp2_prompts()
     assert fixed_bet(prompts["safe"]) == 10 and fixed_bet(prompts["risky"]) is None
     assert fixed_bet("Choose one of the following:\n1) Bet $25\n2) Stop playing\n\nChoice: ") == 25
+
+
+def test_real_variable_bet_answers_are_never_stops_unless_they_say_2() -> None:
+    rows = [r for r in _real_rows() if r["prompt_type"] == "risky"]
+    ds = [parse_decision(r["response"]) for r in rows]
+    bare = [d for r, d in zip(rows, ds) if r["response"].split("\n")[0].strip() == "1"]
+    assert len(bare) / len(rows) > 0.25  # a quarter of the variable-bet answers are a bare "1"
+    assert all(d.action == "bet" and d.valid for d in bare)
+    three = [d for r, d in zip(rows, ds) if r["response"].split("\n")[0].strip() == "3"]
+    assert three and all(d.action == "none" and not d.valid for d in three)
+    assert all(r["response"].lstrip().startswith("2") for r, d in zip(rows, ds) if d.action == "stop")

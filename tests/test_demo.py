@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import DEMO, make_tiny_lm
-from pathreplay.config import read_prompts
+from pathreplay.prompts import read_prompts
 from pathreplay.demo import block_outputs, measure_figures
 from pathreplay.game import exp2_prompts
 from pathreplay.sae import read_meta, sae_dir

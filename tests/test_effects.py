@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pathreplay.effects import code_layer, feature_effects, pairs_of, read_codes
+from pathreplay.errors import UserError
 
 
 def _trials(prompt_ids, trials, part, rows=None, condition="baseline"):
@@ -43,26 +44,61 @@ def test_read_codes_keeps_only_the_given_parts_per_layer(tmp_path):
     assert codes[1]["feature"].tolist() == [5, 6]
 
 
-def test_feature_effects_pairs_by_seed_and_runs_placebo():
-    """Each patched trial's target code is its own seed's baseline value + 1: the paired delta is
-    exactly 1 only if trials are paired on (prompt, trial), not on row order."""
+def _case(forced_shift=1.0, sham_shift=0.0, upstream_forced=0.0):
+    """Source L1-3 on prompts a, b (2 trials each): each patched trial's target code (L2-7) is its
+    own seed's baseline value + 1, sampled and forced alike, so the paired delta is exactly 1
+    only if trials are paired on (prompt, trial), not on row order."""
     base = pd.concat([_trials(["a", "a", "b", "b"], [0, 1, 0, 1], "baseline/x", rows=[0, 1, 2, 3]),
                       _trials(["a", "a", "b", "b"], [0, 1, 0, 1], "baseline/x", rows=[4, 5, 6, 7],
                               condition="placebo")], ignore_index=True)
-    patched = _trials(["b", "b", "a", "a"], [1, 0, 1, 0], "patched/s000", condition="up").assign(
-        layer=0, feature_id=3)
+    frames = []
+    for k, (cond, run) in enumerate([("up", "generated"), ("up", "forced"), ("sham", "generated"), ("sham", "forced")]):
+        frames.append(_trials(["b", "b", "a", "a"], [1, 0, 1, 0], "patched/s000", rows=[4 * k + i for i in range(4)],
+                              condition=cond).assign(run=run))
+    patched = pd.concat(frames, ignore_index=True).assign(layer=1, feature_id=3)
     gen_base = {("a", 0): 1.0, ("a", 1): 4.0, ("b", 0): 2.0, ("b", 1): 8.0}
-    code_rows = [("baseline/x", r.row, gen_base[r.prompt_id, r.trial]) for r in base.itertuples()]
-    code_rows += [("patched/s000", r.row, gen_base[r.prompt_id, r.trial] + 1) for r in patched.itertuples()]
-    codes = pd.DataFrame(code_rows, columns=["part", "row", "gen"]).assign(feature=7, last=0.0)
-    res = feature_effects(patched, base, {2: codes}, min_delta=0.05, min_prompts=2)
-    gen = res.effects[res.effects["scope"] == "generated"]
-    assert len(gen) == 1
-    g = gen.iloc[0]
-    assert (g["source_layer"], g["source_feature"], g["condition"]) == (0, 3, "up")
-    assert (g["target_layer"], g["target_feature"]) == (2, 7)
-    assert g["delta"] == 1.0 and g["p_value"] == 0.0 and g["n_trials"] == 4
-    assert g["mean_baseline"] == pytest.approx(15 / 4)
-    # `last` is 0 everywhere: no difference, nothing tested; placebo codes equal baseline's
-    assert (res.effects["scope"] == "generated").all() and res.placebo.empty
-    assert list(res.placebo.columns) == list(res.effects.columns)
+    shift = {("up", "generated"): 1.0, ("up", "forced"): forced_shift, ("sham", "generated"): sham_shift,
+             ("sham", "forced"): 0.0}
+    rows = [("baseline/x", r.row, gen_base[r.prompt_id, r.trial]) for r in base.itertuples()]
+    rows += [("patched/s000", r.row, gen_base[r.prompt_id, r.trial] + shift[r.condition, r.run])
+             for r in patched.itertuples()]
+    codes = pd.DataFrame(rows, columns=["part", "row", "gen"]).assign(feature=7, last=0.0)
+    # block 0, upstream: the sampled run's tokens move it, the forced run's patch cannot
+    forced = set(patched.loc[patched["run"] == "forced", "row"])
+    up = codes.assign(gen=[g - (shift["up", "forced"] - upstream_forced if (p == "patched/s000" and r in forced
+                                                                            and r < 8) else 0.0)
+                           for p, r, g in zip(codes["part"], codes["row"], codes["gen"])])
+    return patched, base, {2: codes, 0: up}
+
+
+def test_feature_effects_pairs_by_seed_in_every_scope_and_control():
+    patched, base, codes = _case()
+    res = feature_effects(patched, base, codes, min_delta=0.05, min_prompts=2)
+    e = res.effects.set_index(["condition", "scope"])
+    for scope in ("generated", "forced"):
+        g = e.loc[("up", scope)]
+        assert (g["source_layer"], g["source_feature"], g["control"]) == (1, 3, "real")
+        assert (g["target_layer"], g["target_feature"]) == (2, 7)
+        assert g["delta"] == 1.0 and g["n_trials"] == 4 and g["n_nonzero"] == 4
+        assert g["mean_baseline"] == pytest.approx(15 / 4)
+        # four equal non-zero differences: the exact sign-flip p, 2 of 16 patterns; never 0
+        assert g["test"] == "sign_flip_exact" and g["p_value"] == pytest.approx(2 / 16)
+        assert g["q_within_source"] == pytest.approx(2 / 16)  # one of its family's two tests
+    # `last` is 0 everywhere and 2 prompts are too few: nothing tested, never p = 0
+    assert e.xs("prompt_last", level="scope")["p_value"].isna().all()
+    assert (e.xs("prompt_last", level="scope")["n"] == 2).all()
+    # the sham and placebo rows are there, untested: their differences are all zero
+    assert e.loc[("sham", "forced"), "control"] == "sham" and e.loc[("placebo", "generated"), "control"] == "placebo"
+    assert pd.isna(e.loc[("placebo", "generated"), "p_value"])
+    # block 0 is upstream of the source: a negative control of its own
+    assert set(res.upstream["target_layer"]) == {0} and "q_within_source" not in res.upstream
+
+
+@pytest.mark.parametrize("case, says", [
+    (dict(sham_shift=0.5), r"where: the sham patch changed 1 features at layer 2 in scope generated"),
+    (dict(upstream_forced=0.25), r"where: up, teacher-forced, changed 1 features at layer 0 in scope forced"),
+])
+def test_what_must_be_exact_stops_the_job(case, says):
+    patched, base, codes = _case(**case)
+    with pytest.raises(UserError, match=says):
+        feature_effects(patched, base, codes, 0.05, 2, where="where")

@@ -34,3 +34,38 @@ def test_codes_keep_the_last_prompt_value_and_the_mean_over_kept_positions(tmp_p
     # quality on the baseline part's 5 real positions only: the one error is the clipped -1
     assert q.positions == 5 and q.l0 == pytest.approx(0.8) and q.dead_fraction == 0.0
     assert q.fvu == pytest.approx(1 / 34)  # SS about the mean: 47 - 5 * (1.4^2 + 0.8^2) = 34
+
+
+def test_equal_states_get_equal_codes_wherever_they_sit(tmp_path, tiny_saes):
+    """A row's codes do not depend on its part's size or its place in a chunk (every SAE product
+    has one shape): the sham control's exact zero rests on it."""
+    from pathreplay.sae import load_sae
+
+    sae = load_sae(tiny_saes[1], "llamascope", 1)
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(37, 3, 32, generator=g).half()
+    small = big[[5, 30]].clone()
+    for name, st in (("a", big), ("b", small)):
+        write_tensors({"states": st, "n_positions": torch.full((len(st),), 2, dtype=torch.int32)},
+                      tmp_path / f"{name}.safetensors")
+    codes, _ = encode_parts(sae, [("patched/a", str(tmp_path / "a.safetensors")),
+                                  ("baseline/b", str(tmp_path / "b.safetensors"))], 1, chunk=24)
+    a = codes[codes["part"] == "patched/a"].set_index(["row", "feature"])
+    b = codes[codes["part"] == "baseline/b"].set_index(["row", "feature"])
+    for i, row in ((0, 5), (1, 30)):
+        mine, theirs = b.xs(i, level="row"), a.xs(row, level="row")
+        assert mine.index.tolist() == theirs.index.tolist()
+        assert (mine[["last", "gen"]].to_numpy() == theirs[["last", "gen"]].to_numpy()).all()
+
+
+def test_fp16_storage_flips_are_counted_on_the_float32_sample(tmp_path):
+    meta = SAEMeta("llamascope", tmp_path, 2, 2, "blocks.0.hook_resid_post", 0, "jumprelu", None)
+    eye = torch.eye(2)
+    sae = SAE(meta, eye, torch.zeros(2), torch.tensor([1.0, 1.0]), eye, torch.zeros(2))
+    # 1.0002 rounds to 1.0 in fp16: above the threshold in float32, not after storage
+    sample = torch.tensor([[[1.0002, 3.0], [0.0, 0.0]]])
+    path = tmp_path / "L0.safetensors"
+    write_tensors({"states": sample.half(), "n_positions": torch.tensor([0], dtype=torch.int32),
+                   "sample32": sample}, path)
+    _, q = encode_parts(sae, [("baseline/p", str(path))], 0)
+    assert (q.fp16_flips, q.fp16_active, q.fp16_positions) == (1, 2, 1)

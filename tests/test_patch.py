@@ -31,11 +31,12 @@ def test_clamp_reads_back_target_at_every_patched_position(tiny_lm, tiny_saes, p
     gen, iv = _run(model, tok, [Patch(1, feat, target, "clamp", positions)], capture=[1])
     for rec in iv.readback:  # prompt passes
         sel = rec["selected"]
-        got = rec["after"][sel]
-        want = target[:, None].expand_as(rec["after"])[sel]
+        after = rec["stats"][1]
+        got = after[sel]
+        want = target[:, None].expand_as(after)[sel]
         assert torch.allclose(got, want, rtol=1e-4, atol=0)
     assert {rec["phase"] for rec in iv.readback} == (set() if positions == "generated" else {"prefill"})
-    before, after = iv.generated()  # decode steps: every generated token, every mode
+    before, after = iv.step_stats()[:2, :, 1:]  # decode steps: every generated token, every mode
     assert after.shape == (2, iv.steps) and iv.steps == int(gen.lengths.max()) - 1 > 0
     assert torch.allclose(after, target[:, None].expand_as(after), rtol=1e-4, atol=0)
     assert not torch.allclose(before, after)
@@ -158,3 +159,41 @@ def test_last_position_values_do_not_depend_on_the_batch(tiny_lm, tiny_saes):
             alone = float(f.value(hidden[b + 1][0, -1]))
             assert alone > 0.05 and both[name][r] == pytest.approx(alone, abs=1e-5)
     assert len({len(tok(t)["input_ids"]) for t in PROMPTS}) == 2  # the batch really was padded
+
+
+def test_decoder_mode_is_the_saes_own_edit_with_the_error_kept(tiny_lm, tiny_saes):
+    model, tok = tiny_lm
+    feat = _feature(tiny_saes)
+    _, iv0 = _run(model, tok, capture=[1], n=1)
+    h0 = iv0.states(1)[:, 0]
+    target = torch.tensor([2.5, 0.0])
+    _, iv = _run(model, tok, [Patch(1, feat, target, "decoder", "exp2")], capture=[1], n=1)
+    want = h0 + (target - feat.value(h0))[:, None] * feat.u  # h + (v - f(h)) u
+    assert torch.allclose(iv.states(1)[:, 0], want, atol=1e-5)
+    stats = iv.step_stats()[:, :, 0]  # before, after, pre, ||dh||, ||h|| at the prompt's last position
+    assert torch.allclose(stats[3], (want - h0).norm(dim=-1), atol=1e-5)
+    assert torch.allclose(stats[4], h0.norm(dim=-1), atol=1e-5) and torch.allclose(stats[2], feat.pre(h0), atol=1e-5)
+
+
+def test_sham_changes_nothing_to_the_bit(tiny_lm, tiny_saes):
+    model, tok = tiny_lm
+    feat = _feature(tiny_saes)
+    base, iv0 = _run(model, tok, capture=[0, 1, 2])
+    sham, iv1 = _run(model, tok, [Patch(1, feat, torch.zeros(2), "sham", "all")], capture=[0, 1, 2])
+    assert torch.equal(base.tokens, sham.tokens)
+    for b in (0, 1, 2):
+        assert torch.equal(iv0.states(b), iv1.states(b))
+    assert (iv1.step_stats()[3].nan_to_num() == 0).all()  # ||dh|| = 0 wherever it was applied
+
+
+def test_random_mode_moves_by_its_per_step_amount(tiny_lm, tiny_saes):
+    model, tok = tiny_lm
+    feat = _feature(tiny_saes)
+    r = torch.zeros(model.config.hidden_size)
+    r[0] = 1.0
+    steps = torch.tensor([[0.5, 1.0, 2.0, 3.0, 4.0, 5.0], [0.25, float("nan"), 1.0, 1.0, 1.0, 1.0]])
+    gen, iv = _run(model, tok, [Patch(1, feat, steps, "random", "exp2", direction=r)], capture=[1])
+    dh = iv.step_stats()[3]  # [rows, 1 + steps]: column s is step s's amount
+    n = dh.shape[1]
+    assert torch.allclose(dh[0], steps[0, :n], atol=1e-5)
+    assert dh[1, 0] == pytest.approx(0.25, abs=1e-5) and dh[1, 1] == 0  # NaN: that step left alone

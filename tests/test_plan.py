@@ -7,18 +7,8 @@ import pandas as pd
 import pytest
 
 from pathreplay.errors import UserError
-from pathreplay.plan import (
-    CaptureSpec,
-    Condition,
-    baseline_jobs,
-    capture_bytes,
-    parse_conditions,
-    patched_jobs,
-    prompts_for_features,
-    select_features,
-    stable_seed,
-    trial_seed,
-)
+from pathreplay.plan import (CaptureSpec, Condition, baseline_jobs, capture_bytes, check_targets, parse_conditions,
+                             patched_jobs, prompts_for_features, select_features, stable_seed, trial_seed)
 from pathreplay.prompts import Prompt
 
 TABLE = pd.DataFrame({
@@ -81,7 +71,18 @@ def test_baseline_and_every_condition_share_each_trials_seed():
     assert len(set(seed.values())) == 6
     assert len(patched) == 12 and all(j.seed == seed[j.prompt_id, j.trial] for j in patched)
     assert [j.value for j in patched[:6]] == pytest.approx([0.9] * 3 + [0.2] * 3)
-    assert patched[0].seed == trial_seed(7, "p", 0) == stable_seed(7, "main", "p", 0)
+    assert patched[0].seed == trial_seed(7, "p", 0, "replay") == stable_seed(7, "replay", "p", 0)
     placebo = baseline_jobs(prompts, 3, 7, stream="placebo", condition="placebo")
     assert {j.seed for j in placebo}.isdisjoint(seed.values()) and placebo[0].condition == "placebo"
     assert baseline_jobs(prompts, 3, 8)[0].seed != base[0].seed  # the config's seed moves every draw
+
+
+def test_a_clamp_target_the_feature_cannot_read_is_refused():
+    table = pd.DataFrame({"layer": [0, 1], "feature_id": [5, 6], "safe_value": [0.0, 0.1], "risky_value": [0.9, 0.3]})
+    thresholds = {"L0-5": 0.2, "L1-6": 0.2}
+    check_targets(table, parse_conditions(["risky_value", "safe_value"])[:1], thresholds, "replay.conditions")
+    check_targets(table.iloc[:1], parse_conditions(["safe_value"]), thresholds, "replay.conditions")  # 0: ablation
+    with pytest.raises(UserError, match=r"^replay.conditions: L1-6's target under safe_value is 0.1, at or below its "
+                                        r"threshold 0.2: a clamp can never read it back; use a larger multiple"):
+        check_targets(table, parse_conditions(["risky_value", "safe_value"]), thresholds, "replay.conditions")
+    check_targets(table, parse_conditions(["3*safe_value"]), thresholds, "replay.conditions")  # 0.3 > 0.2

@@ -11,8 +11,8 @@ from pathreplay.schema import SCHEMA, defaults, schema_message
 
 def test_schema_is_the_workflows():
     assert SCHEMA == ROOT / "workflow" / "schemas" / "config.schema.yaml"
-    assert defaults("stats") == {"alpha": 0.05, "min_delta": 0.05, "min_prompts": 2}
-    assert defaults("replay")["mode"] == "clamp" and "conditions" in defaults("replay")
+    assert defaults("stats") == {"alpha": 0.05, "min_delta": 0.05, "min_prompts": 2, "max_chains": 50}
+    assert defaults("replay")["mode"] == "decoder" and "conditions" in defaults("replay")
 
 
 def test_every_words_default_is_also_in_the_demo_config_or_left_out():

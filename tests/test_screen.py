@@ -23,17 +23,19 @@ def _candidates(*names: str) -> pd.DataFrame:
 
 def test_classify_by_hand():
     eff = pd.DataFrame({
-        "feature": ["L0-1", "L0-1", "L0-2", "L0-2", "L1-3"],
-        "target_value": [0.1, 2.0, 0.1, 2.0, 2.0],
-        "delta_stop": [0.0, 0.5, 0.3, -0.4, 0.05],  # L0-1 stops more as its target rises; L0-2 less
-        "p_stop": [0.9, 0.001, 0.01, 0.002, 0.5],
-        "q_stop": [0.9, 0.004, 0.02, 0.004, 0.5],
+        "feature": ["L0-1", "L0-1", "L0-2", "L0-2", "L1-3", "L1-5"],
+        "target_value": [0.1, 2.0, 0.1, 2.0, 2.0, 2.0],
+        "delta_stop": [0.0, 0.5, 0.3, -0.4, 0.05, 0.9],  # L0-1 stops more as its target rises; L0-2 less
+        "p_stop": [0.9, 0.001, 0.01, 0.002, 0.5, 0.001],
+        "q_stop": [0.9, 0.004, 0.02, 0.004, 0.5, 0.004],
+        "delta_valid": [0.0, 0.0, -0.05, 0.0, 0.0, -0.6],  # L1-5's answers break: its stops mean nothing
+        "q_valid": [1.0, 1.0, 0.01, 1.0, 1.0, 0.001],
     })
-    out = classify(_candidates("L0-1", "L0-2", "L1-3"), eff, alpha=0.05, min_delta=0.1)
+    out = classify(_candidates("L0-1", "L0-2", "L1-3", "L1-5"), eff, alpha=0.05, min_delta=0.1)
     assert list(out.columns) == [*CANONICAL, "feature", "max_delta_stop"]
-    assert out["label"].tolist() == ["safe", "risky", "neutral"]
-    assert out["p_value"].tolist() == [0.001, 0.002, 0.5]
-    assert out["max_delta_stop"].tolist() == [0.5, -0.4, 0.05]
+    assert out["label"].tolist() == ["safe", "risky", "neutral", "disruptive"]
+    assert out["p_value"].tolist() == [0.001, 0.002, 0.5, 0.001]
+    assert out["max_delta_stop"].tolist() == [0.5, -0.4, 0.05, 0.9]
     assert (out["source"] == "screen").all()
     # a feature whose only moves are below min_delta, however significant, is neutral
     assert classify(_candidates("L0-1"), eff.assign(delta_stop=0.05), 0.05, 0.1)["label"].tolist() == ["neutral"]
@@ -53,6 +55,6 @@ def test_screen_compares_each_patched_trial_with_the_baseline_of_its_seed(tiny_l
     assert effects["n_trials"].eq(4).all()
     assert sorted(effects["target_value"].unique()) == pytest.approx([0.2, 2.0])
     # the baseline columns are the same trials for every feature and condition of a prompt
-    per_prompt = effects.groupby("prompt_id")["stop_rate_baseline"].nunique()
+    per_prompt = effects.groupby("prompt_id")["valid_rate_baseline"].nunique()
     assert (per_prompt == 1).all()
-    assert np.isfinite(effects["p_stop"]).all()
+    assert np.isfinite(effects[["p_valid", "p_stop"]]).all().all()

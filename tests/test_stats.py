@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pathreplay.stats import bh, chi2_2x2, cochran_armitage, cohen_d, fisher_exact_2x2, log_odds_prior, wilson
+from pathreplay.stats import (bh, chi2_2x2, cochran_armitage, cohen_d, fisher_exact_2x2, ks_uniform, log_odds_prior,
+                              paired_p, sign_flip_p, wilson)
 
 
 def test_cohen_d_by_hand():
@@ -89,3 +90,47 @@ def test_log_odds_prior_by_hand():
     want = math.log(18.5 / 11.5) - math.log(8.5 / 21.5)
     assert delta[0] == pytest.approx(want)
     assert z[0] == pytest.approx(want / math.sqrt(1 / 18.5 + 1 / 11.5 + 1 / 8.5 + 1 / 21.5))
+
+
+def test_sign_flip_exact_by_hand_and_never_zero():
+    # one column [1, 2, 3]: of the 8 sign patterns, |sum| >= 6 only for +++ and ---: p = 2/8;
+    # [1, -1, 0, 2]: the zero flips to itself; patterns of (1, -1, 2) reaching |2|: +-+, -+-, ++-?
+    d = np.array([[1.0, 1.0], [2.0, -1.0], [3.0, 0.0], [0.0, 2.0]])
+    p, exact = sign_flip_p(d)
+    assert p[0] == pytest.approx(2 / 8) and exact.all()
+    sums = [abs(a + b + c) for a in (1, -1) for b in (-1, 1) for c in (2, -2)]
+    assert p[1] == pytest.approx(sum(x >= 2 for x in sums) / 8)
+    # more non-zero pairs than the exact limit: random patterns, p >= 1 / (1 + draws)
+    big = np.ones((40, 1))
+    pm, ex = sign_flip_p(big[:20])
+    assert not ex[0] and pm[0] == pytest.approx(1 / (1 + 4095))
+
+
+def test_paired_p_picks_its_test_and_never_returns_zero():
+    rng = np.random.default_rng(1)
+    dense = rng.normal(0.5, 1.0, size=(60, 1))
+    sparse = np.zeros((60, 1))
+    sparse[:5] = 3.0  # mostly zeros, a few large: diverged tokens
+    const = np.full((60, 1), 0.25)  # t undefined
+    lone = np.zeros((60, 1))
+    lone[0] = 1.0  # one non-zero difference: nothing to test
+    p, test = paired_p(np.hstack([dense, sparse, const, lone]))
+    assert list(test) == ["t", "sign_flip_exact", "t", "none"]
+    assert p[0] == pytest.approx(sps.ttest_1samp(dense[:, 0], 0).pvalue)
+    assert p[1] == pytest.approx(2 / 2**5)
+    assert p[2] == pytest.approx(2.0 ** (1 - 60)) and p[2] > 0
+    assert np.isnan(p[3])
+
+
+def test_bh_with_a_larger_family_pads_with_non_discoveries():
+    p = np.array([0.001, 0.02, 0.04])
+    np.testing.assert_allclose(bh(p, m=10), bh(np.r_[p, np.ones(7)])[:3])
+    with pytest.raises(ValueError):
+        bh(p, m=2)
+
+
+def test_ks_uniform():
+    stat, pv = ks_uniform(np.linspace(0.005, 0.995, 100))
+    assert stat < 0.02 and pv > 0.9
+    stat, pv = ks_uniform(np.full(50, 0.01))
+    assert stat > 0.9 and pv < 1e-6

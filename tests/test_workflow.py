@@ -29,6 +29,7 @@ SMALL = {
     "exp1": {"games": 120, "max_rounds": 20, "batch_size": 120},
     "screen": {"top_n": 8, "trials": 16},
     "select": {"top_n": 4, "shard_size": 2, "labels": []},
+    "stats": {"max_chains": 10},
     "prompts": {"per_feature": 3},
     "replay": {"trials": 6, "max_new_tokens": 8},
 }
@@ -107,29 +108,40 @@ def test_whole_dag_outputs(run):
                                    "risky_value", "label", "source"]
     assert set(feats["layer"]) == {0, 1, 2, 3} and feats["cohen_d"].notna().all()
     screen = pd.read_parquet(run / "results/screen/features.parquet")
-    assert len(screen) == 8 and set(screen["label"]) <= {"safe", "risky", "neutral"}
+    assert len(screen) == 8 and set(screen["label"]) <= {"safe", "risky", "neutral", "disruptive"}
     sel = pd.read_csv(run / "results/features/selected.tsv", sep="\t")
     assert len(sel) == 4 and sorted(sel["shard"].unique()) == ["s000", "s001"]
     edges = pd.read_parquet(run / "results/pathways/edges.parquet")
     assert (edges["q_value"] < 0.05).all() and (edges["delta"].abs() > 0.05).all()
     assert (edges["target_layer"] > edges["source_layer"]).all()
+    assert set(edges["scope"]) <= {"prompt_last", "generated", "forced"} and edges["delta_forced"].notna().any()
     beh = pd.read_parquet(run / "results/behavior/effects.parquet")
-    assert set(beh["condition"]) == {"safe_value", "risky_value", "10*safe_value", "10*risky_value"}
-    assert beh["stop_rate"].between(0, 1).all()
+    real = ["risky_value", "20*risky_value"]
+    assert set(beh["condition"]) == {*real, *(f"random:{c}" for c in real), "sham"}
+    sham = beh[beh["condition"] == "sham"]
+    assert (sham["delta_valid"] == 0).all() and (sham["p_stop"] == 1).all()  # the sham's trials are the baseline's
+    assert beh["stop_rate"].dropna().between(0, 1).all() and beh["valid_rate"].between(0, 1).all()
     fid = pd.read_csv(run / "results/qc/patch_fidelity.tsv", sep="\t")
-    # Targets above the demo SAEs' threshold (0.2) read back exactly; below it a JumpReLU
-    # feature cannot hold the value, and the table shows it.
-    above = fid["target_value"] > 0.25
-    assert above.any() and (fid.loc[above, "abs_error"] < 1e-3).all()
+    assert {"pre_before", "dh", "dh_rel"} <= set(fid.columns)
+    assert (fid.loc[fid["condition"] == "sham", "dh"] == 0).all()
+    assert (fid.loc[fid["condition"].isin(real), "dh"] > 0).all()
     q = pd.read_csv(run / "results/qc/sae_quality.tsv", sep="\t")
-    assert list(q["layer"]) == [0, 1, 2, 3] and (q["fvu"] < 0.3).all()
+    assert list(q["layer"]) == [0, 1, 2, 3] and (q["fvu"] < 0.3).all() and (q["fp16_positions"] > 0).all()
+    paths = pd.read_csv(run / "results/pathways/paths.tsv", sep="\t")
+    assert list(paths.columns[:3]) == ["path", "scope", "condition"]
     assert not list((run / "results").rglob("*.partial"))
 
 
-def test_placebo_discoveries_within_twice_alpha(run):
-    plac = pd.read_csv(run / "results/qc/placebo.tsv", sep="\t")
-    assert len(plac) == 4 and (plac["tests"] > 0).all()
-    assert (plac["discoveries"] > 0).mean() <= 2 * 0.05 + 1e-9
+def test_controls_sham_exact_placebo_calibrated(run):
+    null = pd.read_csv(run / "results/qc/null.tsv", sep="\t")
+    assert set(null["contrast"]) == {"real", "sham", "placebo", "random"}
+    assert (null.loc[null["contrast"] == "sham", "tests"] == 0).all()  # every difference exactly 0
+    plac = null[null["contrast"] == "placebo"]
+    assert len(plac) == 4 * 2  # every source, prompt_last and generated
+    for _, g in plac.groupby("scope"):
+        assert (g["discoveries_within_source"] > 0).mean() <= 2 * 0.05 + 1e-9
+    up = pd.read_csv(run / "results/qc/upstream.tsv", sep="\t")
+    assert (up.loc[up["scope"] == "forced", "differing"] == 0).all() and len(up)
 
 
 def test_trial_tables_are_coupled(run):
@@ -168,7 +180,7 @@ def rewind_to_shard(run: Path, shard: str) -> None:
     """Back to the middle of a first run: the shard and everything after the replay not yet made.
     (Snakemake does not remake a missing intermediate whose consumers are all up to date.)"""
     for rel in (f"results/replay/patched/{shard}", "results/encode", "results/effects", "results/pathways",
-                "results/behavior", "results/qc/placebo.tsv", "results/qc/patch_fidelity.tsv",
+                "results/behavior", "results/qc/null.tsv", "results/qc/upstream.tsv", "results/qc/patch_fidelity.tsv",
                 f"results/logs/replay_patched/{shard}.log"):
         p = run / rel
         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -191,13 +203,14 @@ def test_killed_shard_alone_reruns(run):
     target = "results/replay/patched/s001/trials.parquet"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rewind_to_shard(run, "s001")
-    log = run / "results/logs/replay_patched/s001.log"
     cmd = SNAKEMAKE + ["--directory", str(run), "--configfile", str(run / "config.yaml"), "--cores", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (log.exists() and "patched" in log.read_text()):
-        time.sleep(0.2)
-    victims = _job_pids(proc.pid, "replay_patched.py")
+    victims: list[int] = []
+    while time.time() < deadline and not victims and proc.poll() is None:
+        time.sleep(0.05)
+        victims = _job_pids(proc.pid, "replay_patched.py")
+    time.sleep(1.0)  # well inside the job (model loading alone takes longer), before any output
     assert victims, "the replay job's process was not found"
     for pid in victims:  # the job dies mid-run, as on an out-of-memory kill; Snakemake lives on
         os.kill(pid, signal.SIGKILL)
@@ -269,3 +282,14 @@ def test_words_rule_end_to_end(tmp_path):
     run = snakemake(tmp_path, "--cores", "1", "words", config={"words": words})
     assert run.returncode != 0
     assert "pathreplay: error:" in run.stderr and "part0.jsonl" in run.stderr
+
+
+def test_one_prompt_per_feature_gives_no_prompt_last_p_values(run, tmp_path):
+    wd = tmp_path / "one"
+    shutil.copytree(run, wd, ignore=shutil.ignore_patterns("locks", "incomplete"))  # with its records of params
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    r = snakemake(wd, "--cores", "2", config={**cfg, "prompts": {"per_feature": 1}})
+    assert r.returncode == 0, r.stderr[-3000:]
+    e = pd.concat([pd.read_parquet(f) for f in (wd / "results/effects").glob("L*-*[0-9].parquet")])
+    pl = e[e["scope"] == "prompt_last"]
+    assert len(pl) and pl["p_value"].isna().all() and (pl["n"] == 1).all()

@@ -93,7 +93,8 @@ def replay_estimate(config: Mapping[str, Any]) -> str:
     d_model = next(iter(metas.values())).d_model
     n_prompts = len(read_prompts(config["prompts"]["file"]))
     k = min(config["prompts"]["per_feature"], n_prompts)
-    patched = sel["top_n"] * k * len(conds) * r["trials"]
+    # per condition: sampled and teacher-forced, and the random control both ways; one sham pair
+    patched = sel["top_n"] * k * (4 * len(conds) + 2) * r["trials"]
     baseline = min(n_prompts, sel["top_n"] * k) * r["trials"] * (2 if r["placebo"] else 1)
     total = capture_bytes(patched + baseline, positions, len(metas), d_model)
     text = (f"replay captures will write at most {total / 2**20:,.1f} MiB: {patched + baseline:,} trials"

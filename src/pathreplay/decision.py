@@ -7,8 +7,14 @@ new ``Choice:`` prompts). Three modes:
 
 - ``first`` (default): only this step's answer decides: the first line, plus the next
   non-empty line when it states the amount. ``end`` is where that answer ends; everything
-  after it is text the model invented.
-- ``legacy``: the original study's rules (science brief, section 1), read anywhere in the text.
+  after it is text the model invented. Option 1 is a bet even when no amount follows (the
+  amount is then NaN: in a variable-bet prompt a bare "1" is a real answer, about a quarter of
+  Llama-3.1-8B's), and an amount outside the allowed range leaves the bet's amount NaN; an
+  answer that names no option (nothing parseable, or "3") is no decision at all: action
+  ``none``, never a stop.
+- ``legacy``: the original study's rules (science brief, section 1), read anywhere in the text,
+  with its record for a response where they find nothing: "stop" with ``valid`` false (the
+  original counted those as stops, a bare "2" among them; here no invalid decision is counted).
 - ``revalidation``: the parser of the original ``exp2_revalidate.py``, which made the stored
   ``decision`` / ``bet`` / ``source`` fields of ``exp2_revalidation_trials.jsonl`` (it also
   stops on "quit" and "2\\n" and clamps amounts into range instead of rejecting them).
@@ -23,11 +29,15 @@ Parser = Literal["first", "legacy", "revalidation"]
 MODES = get_args(Parser)
 
 
-class Decision(NamedTuple):
-    """A parsed game decision."""
+Action = Literal["bet", "stop", "none"]
+NAN = float("nan")
 
-    action: str  # "bet" | "stop"
-    bet: int  # amount bet; 0 for stop
+
+class Decision(NamedTuple):
+    """A parsed game decision: `valid` when the response chose an option (bet or stop)."""
+
+    action: Action  # "none": the response chose no option
+    bet: float  # amount bet; 0 for stop; NaN when unknown (no or an impossible amount, no decision)
     valid: bool
     reason: str
     end: int  # offset where this step's decision ends (the cut); len(text) for legacy modes
@@ -80,18 +90,23 @@ def _whole(amount: str) -> int | None:
 
 
 def _bet(amount: str, why: str, end: int, min_bet: int, max_bet: int) -> Decision:
+    """A bet; an amount the game cannot take leaves the action (a bet) and drops the amount."""
     value = _whole(amount)
     if value is None:
-        return Decision("stop", 0, False, f"{why}: amount ${amount} is not whole dollars", end)
+        return Decision("bet", NAN, True, f"{why}: amount ${amount} is not whole dollars", end)
     if not min_bet <= value <= max_bet:
-        return Decision("stop", 0, False, f"{why}: amount ${value} outside [{min_bet}, {max_bet}]", end)
+        return Decision("bet", NAN, True, f"{why}: amount ${value} outside [{min_bet}, {max_bet}]", end)
     return Decision("bet", value, True, f"{why} ${value}", end)
 
 
 def _no_amount(why: str, end: int, fixed_bet: int | None) -> Decision:
     if fixed_bet is None:
-        return Decision("stop", 0, False, f"{why} without an amount", end)
+        return Decision("bet", NAN, True, f"{why} without an amount", end)
     return Decision("bet", fixed_bet, True, f"{why}, fixed bet ${fixed_bet}", end)
+
+
+def _none(why: str, end: int) -> Decision:
+    return Decision("none", NAN, False, why, end)
 
 
 def _amount_line(text: str, pos: int) -> tuple[str, int] | None:
@@ -106,7 +121,7 @@ def _amount_line(text: str, pos: int) -> tuple[str, int] | None:
 def _parse_first(text: str, fixed_bet: int | None, min_bet: int, max_bet: int) -> Decision:
     start = _skip_blank(text, 0)
     if start == len(text):
-        return Decision("stop", 0, False, "empty response", len(text))
+        return _none("empty response", len(text))
     line_end = _line_end(text, start)
     line = text[start:line_end].rstrip("\n")
 
@@ -118,7 +133,7 @@ def _parse_first(text: str, fixed_bet: int | None, min_bet: int, max_bet: int) -
         if choice == 2:
             return Decision("stop", 0, True, "choice 2", line_end)
         if choice != 1:
-            return Decision("stop", 0, False, f"choice {choice} is not an option", line_end)
+            return _none(f"choice {choice} is not an option", line_end)
         same = _SAME_LINE_AMOUNT.match(line, m.end())
         if same:
             return _bet(same.group(2), "choice 1 then", line_end, min_bet, max_bet)
@@ -137,7 +152,7 @@ def _parse_first(text: str, fixed_bet: int | None, min_bet: int, max_bet: int) -
         if nxt:
             return _bet(nxt[0], "bet then", nxt[1], min_bet, max_bet)
         return _no_amount("bet", line_end, fixed_bet)
-    return Decision("stop", 0, False, "no decision found", line_end)
+    return _none("no decision found", line_end)
 
 
 def _parse_legacy(text: str, min_bet: int, max_bet: int) -> Decision:
@@ -152,7 +167,7 @@ def _parse_legacy(text: str, min_bet: int, max_bet: int) -> Decision:
     numbers = [int(x) for x in re.findall(r"\b(\d+)\b", text) if min_bet <= int(x) <= max_bet]
     if numbers:
         return Decision("bet", numbers[0], True, f"first number {numbers[0]}", n)
-    return Decision("stop", 0, False, "no decision found", n)
+    return Decision("stop", 0, False, "no decision found", n)  # the original's record; never counted
 
 
 def _parse_revalidation(text: str, min_bet: int, max_bet: int) -> Decision:

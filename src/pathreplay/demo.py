@@ -137,10 +137,10 @@ def play_exp2(model: Any, tok: Any, n: int, seed: int, temperature: float = 0.7,
                        max_new_tokens=max_new_tokens, temperature=temperature)
         ds = [parse_decision(t, "first", fixed_bet=fixed) for t in gen.texts]
         valid = [d for d in ds if d.valid]
+        bets = [d.bet for d in valid if d.action == "bet" and d.bet == d.bet]  # known amounts
         out[name] = {"valid_rate": len(valid) / n,
                      "stop_rate": sum(d.action == "stop" for d in valid) / max(1, len(valid)),
-                     "mean_bet": sum(d.bet for d in valid if d.action == "bet")
-                     / max(1, sum(d.action == "bet" for d in valid))}
+                     "mean_bet": sum(bets) / max(1, len(bets))}
     return out
 
 

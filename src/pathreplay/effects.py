@@ -1,15 +1,20 @@
-"""Downstream effects of one patched source feature, with paired tests and BH q-values.
+"""Effects of one patched source feature on every feature of every other captured layer, with
+paired tests, for the real conditions and the controls alike.
 
-Scopes:
-- `prompt_last`: the target feature at the last prompt position. Prefill is deterministic, so
-  patched minus baseline there is an exact per-prompt difference; p comes from a one-sample
-  t-test of those differences across prompts (0 when they agree exactly and are non-zero).
-- `generated`: the target feature's mean over a trial's generated positions; patched and
-  baseline trials of one seed share their random numbers, so the test is a paired t-test over
-  trial pairs.
-
-The placebo contrast runs the same tests on baseline vs baseline trials drawn with independent
-seeds; any discovery there is a false one, which measures the false-discovery rate in practice.
+Scopes (each row says which):
+- `prompt_last`: the target feature at the last prompt position. Prefill is deterministic, so the
+  patched minus baseline difference there is one number per prompt; the test is an exact
+  sign-flip test across prompts (n = prompts), none with fewer than 3 prompts.
+- `generated`: the target feature's mean over a trial's kept generated positions, sampled with
+  the patch against the baseline trial of the same seed (shared random numbers): the total
+  effect, the patch's own and that of the tokens it changed.
+- `forced`: the same mean in the patched run teacher-forced on the baseline trial's own tokens:
+  the direct effect at matched positions.
+Trial scopes use stats.paired_p over trial pairs. Contrasts (`control`): `real` (the replay's
+conditions), `sham`, `random` (random:<condition>) and `placebo` (baseline trials of another seed
+stream, generated scope), all through the same tests. Downstream layers make the effects;
+upstream layers are a negative control: forced differences there must be exactly 0, and a sham's
+everywhere, or the job stops.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
-from scipy import stats as sps
 
-from .stats import bh
+from .errors import fail
+from .plan import PLACEBO, control_of
+from .stats import bh, paired_p, sign_flip_p
 
-EDGE_COLUMNS = ["source_layer", "source_feature", "condition", "target_layer", "target_feature",
-                "scope", "mean_baseline", "mean_patched", "delta", "effect_size", "p_value",
-                "q_value", "n_trials", "n_prompts", "prompts_replicated", "robust"]
+COLUMNS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer", "target_feature",
+           "mean_baseline", "mean_patched", "delta", "effect_size", "p_value", "test", "n", "n_nonzero",
+           "n_trials", "n_prompts", "prompts_replicated", "prompts_opposite", "robust", "q_within_source"]
+SCOPES = ("prompt_last", "generated", "forced")
+MIN_PROMPTS_TESTED = 3  # fewer prompts cannot make an exact sign-flip p below 0.25
 
 
 class Pairs(NamedTuple):
@@ -39,11 +47,21 @@ class Pairs(NamedTuple):
     control: list[tuple[str, int]]
 
 
+class Contrast(NamedTuple):
+    """One condition's pairs in one scope, read from the codes' `column`."""
+
+    condition: str
+    control: str  # real | sham | random | placebo
+    scope: str
+    column: str  # last | gen
+    pairs: Pairs
+
+
 class FeatureEffects(NamedTuple):
-    """One source feature's tested rows, and the same tests on placebo vs baseline trials."""
+    """One source feature's tested rows downstream, and the upstream negative control."""
 
     effects: pd.DataFrame
-    placebo: pd.DataFrame
+    upstream: pd.DataFrame
 
 
 def code_layer(path: str | Path) -> int:
@@ -66,93 +84,114 @@ def pairs_of(treated: pd.DataFrame, control: pd.DataFrame, condition: str) -> Pa
                  list(zip(m["part_c"], m["row_c"])))
 
 
-def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
-                    min_delta: float, min_prompts: int) -> FeatureEffects:
-    """Effects of one source feature: each patched condition against the baseline trials, and the
-    placebo trials (if any) against the same baseline trials. `patched` holds one feature's
-    trials; both tables carry a `part` column naming their rows in the codes."""
+def contrasts(patched: pd.DataFrame, baseline: pd.DataFrame) -> list[Contrast]:
+    """Every condition of one feature's trials against the baseline, in every scope, and the
+    placebo trials against the same baseline."""
     main = baseline[baseline["condition"] == "baseline"]
-    layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
-    pairs = [pairs_of(g, main, cond) for cond, g in patched.groupby("condition")]
-    eff = source_effects(codes_by_layer, pairs, layer, fid, min_delta, min_prompts)
-    plac = baseline[baseline["condition"] == "placebo"]
-    placebo = source_effects(codes_by_layer, [pairs_of(plac, main, "placebo")] if len(plac) else [],
-                             layer, fid, min_delta, min_prompts)
-    return FeatureEffects(eff, placebo)
-
-
-def _dense(codes: pd.DataFrame, keys: list[tuple[str, int]], column: str, feats: np.ndarray) -> np.ndarray:
-    """[len(keys), len(feats)] matrix of one code column for the given rows."""
-    pos = {k: i for i, k in enumerate(keys)}
-    fpos = pd.Series(np.arange(len(feats)), index=feats)
-    out = np.zeros((len(keys), len(feats)))
-    idx = [pos.get((p, r), -1) for p, r in zip(codes["part"].astype(str), codes["row"])]
-    sel = np.array(idx) >= 0
-    if sel.any():
-        c = codes[sel]
-        out[np.array(idx)[sel], fpos.loc[c["feature"].to_numpy()].to_numpy()] = c[column].to_numpy()
+    out = []
+    for cond, g in patched.groupby("condition", sort=True):
+        gen = pairs_of(g[g["run"] == "generated"], main, cond)
+        frc = pairs_of(g[g["run"] == "forced"], main, cond)
+        ctl = control_of(str(cond))
+        out += [Contrast(cond, ctl, "prompt_last", "last", gen), Contrast(cond, ctl, "generated", "gen", gen),
+                Contrast(cond, ctl, "forced", "gen", frc)]
+    plac = baseline[baseline["condition"] == PLACEBO]
+    if len(plac):
+        p = pairs_of(plac, main, PLACEBO)
+        out += [Contrast(PLACEBO, PLACEBO, "prompt_last", "last", p), Contrast(PLACEBO, PLACEBO, "generated", "gen", p)]
     return out
 
 
-def _one_sample(d: np.ndarray) -> np.ndarray:
-    """Two-sided p of mean(d) = 0 per column; 0 for identical non-zero, NaN for all-zero columns."""
-    n = d.shape[0]
-    m = d.mean(0)
-    sd = d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1])
+def _dense(codes: pd.DataFrame, keys: list[tuple[str, int]], feats: np.ndarray) -> dict[str, np.ndarray]:
+    """{last, gen}: [len(keys), len(feats)] matrices of the codes of the given rows."""
+    pos = {k: i for i, k in enumerate(keys)}
+    idx = np.array([pos.get(k, -1) for k in zip(codes["part"].astype(str), codes["row"])], dtype=np.int64)
+    sel = idx >= 0
+    col = np.searchsorted(feats, codes["feature"].to_numpy()[sel])
+    out = {}
+    for name in ("last", "gen"):
+        m = np.zeros((len(keys), len(feats)))
+        m[idx[sel], col] = codes[name].to_numpy()[sel]
+        out[name] = m
+    return out
+
+
+def _test(c: Contrast, a: np.ndarray, b: np.ndarray, min_delta: float, min_prompts: int) -> dict[str, np.ndarray]:
+    """The columns of one contrast at one layer: a, b the treated and control codes, pair-aligned."""
+    d = a - b
+    prompts = np.unique(c.pairs.prompt)
+    per_prompt = np.stack([d[c.pairs.prompt == p].mean(0) for p in prompts])
+    delta = d.mean(0)
+    if c.scope == "prompt_last":
+        p, exact = sign_flip_p(per_prompt) if len(prompts) >= MIN_PROMPTS_TESTED else (
+            np.full(d.shape[1], np.nan), np.ones(d.shape[1], bool))
+        p = np.where((per_prompt != 0).sum(0) >= 2, p, np.nan)
+        test = np.where(np.isnan(p), "none", np.where(exact, "sign_flip_exact", "sign_flip_mc"))
+        n, nonzero = np.full(d.shape[1], len(prompts)), (per_prompt != 0).sum(0)
+    else:
+        p, test = paired_p(d)
+        n, nonzero = np.full(d.shape[1], len(d)), (d != 0).sum(0)
+    spread = np.sqrt((a.var(0) + b.var(0)) / 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = m / (sd / np.sqrt(n))
-        p = 2 * sps.t.sf(np.abs(t), max(n - 1, 1))
-    p = np.where(sd > 1e-12, p, np.where(np.abs(m) > 0, 0.0, np.nan))
-    return p
+        es = np.where(spread > 0, delta / spread, np.sign(delta) * np.inf)
+    big = np.abs(per_prompt) > min_delta
+    rep = ((np.sign(per_prompt) == np.sign(delta)) & big).sum(0)
+    opp = ((np.sign(per_prompt) == -np.sign(delta)) & big).sum(0)
+    return {"mean_baseline": b.mean(0), "mean_patched": a.mean(0), "delta": delta, "effect_size": es,
+            "p_value": p, "test": test, "n": n, "n_nonzero": nonzero, "n_trials": len(d),
+            "n_prompts": len(prompts), "prompts_replicated": rep, "prompts_opposite": opp,
+            "robust": (rep >= min_prompts) & (opp == 0)}
 
 
-def contrast(codes_by_layer: Mapping[int, pd.DataFrame], pairs: Pairs, min_delta: float,
-             min_prompts: int) -> pd.DataFrame:
-    """Every tested (target layer, target feature, scope) of one condition's pairs."""
+def _check_exact(c: Contrast, d: np.ndarray, layer: int, upstream: bool, where: str) -> None:
+    """A sham changes nothing anywhere; nothing changes upstream of a forced patch."""
+    if (c.control == "sham" or (upstream and c.scope == "forced")) and np.any(d != 0):
+        what = "the sham patch" if c.control == "sham" else f"{c.condition}, teacher-forced,"
+        fail(where, f"{what} changed {int((d != 0).any(0).sum())} features at layer {layer} in scope {c.scope} "
+             f"(max |difference| {np.abs(d).max():.3g}); the replay is not exact",
+             "rerun this shard; if it recurs, the replay machinery has a bug: report it with this line")
+
+
+def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
+                    min_delta: float, min_prompts: int, where: str = "effects") -> FeatureEffects:
+    """Every contrast of one source feature at every captured layer but its own. `patched` holds
+    one feature's trials; both tables carry a `part` column naming their rows in the codes.
+    q_within_source: BH over the real contrasts' downstream tests; each control's tests are held
+    to a family of that size (stats.bh with m)."""
+    layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
+    cons = contrasts(patched, baseline)
+    keys = sorted({k for c in cons for k in c.pairs.treated + c.pairs.control})
     frames = []
-    prompts = np.unique(pairs.prompt)
-    for layer, codes in codes_by_layer.items():
-        keys = pairs.treated + pairs.control
+    for target, codes in codes_by_layer.items():
+        if target == layer:
+            continue
         mine = codes[pd.MultiIndex.from_arrays([codes["part"].astype(str), codes["row"]]).isin(keys)]
         feats = np.unique(mine["feature"].to_numpy())
-        if len(feats) == 0:
+        if not len(feats):
             continue
-        for scope, col in (("prompt_last", "last"), ("generated", "gen")):
-            a = _dense(mine, pairs.treated, col, feats)
-            b = _dense(mine, pairs.control, col, feats)
-            d = a - b
-            per_prompt = np.stack([d[pairs.prompt == p].mean(0) for p in prompts])
-            p = _one_sample(per_prompt if scope == "prompt_last" else d)
-            delta = d.mean(0)
-            spread = np.sqrt((a.var(0) + b.var(0)) / 2)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                es = np.where(spread > 0, delta / spread, np.sign(delta) * np.inf)
-            same = (np.sign(per_prompt) == np.sign(delta)) & (np.abs(per_prompt) > min_delta)
-            rep = same.sum(0)
-            frames.append(pd.DataFrame({
-                "condition": pairs.condition, "target_layer": layer, "target_feature": feats,
-                "scope": scope, "mean_baseline": b.mean(0), "mean_patched": a.mean(0),
-                "delta": delta, "effect_size": es, "p_value": p, "n_trials": len(d),
-                "n_prompts": len(prompts), "prompts_replicated": rep,
-                "robust": rep >= min_prompts}))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return out[~out["p_value"].isna()].reset_index(drop=True) if len(out) else out
+        dense = _dense(mine, keys, feats)
+        pos = {k: i for i, k in enumerate(keys)}
+        for c in cons:
+            a = dense[c.column][[pos[k] for k in c.pairs.treated]]
+            b = dense[c.column][[pos[k] for k in c.pairs.control]]
+            _check_exact(c, a - b, target, target < layer, where)
+            cols = _test(c, a, b, min_delta, min_prompts)
+            frames.append(pd.DataFrame({"condition": c.condition, "control": c.control, "scope": c.scope,
+                                        "target_layer": target, "target_feature": feats, **cols}))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS[2:-1])
+    out.insert(0, "source_feature", fid)
+    out.insert(0, "source_layer", layer)
+    up = out["target_layer"] < layer
+    return FeatureEffects(within_source(out[~up].reset_index(drop=True)), out[up].reset_index(drop=True))
 
 
-def source_effects(codes_by_layer: Mapping[int, pd.DataFrame], pairs: list[Pairs], source_layer: int,
-                   source_feature: int, min_delta: float, min_prompts: int) -> pd.DataFrame:
-    """All tested rows of one source feature, q-values by BH over the whole source feature."""
-    frames = [contrast(codes_by_layer, p, min_delta, min_prompts) for p in pairs]
-    out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
-        else pd.DataFrame(columns=[c for c in EDGE_COLUMNS if c not in ("source_layer", "source_feature")])
-    out.insert(0, "source_feature", source_feature)
-    out.insert(0, "source_layer", source_layer)
-    out["q_value"] = bh(out["p_value"].to_numpy(float)) if len(out) else []
-    return out[EDGE_COLUMNS]
-
-
-def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame:
-    """Significant rows: q < alpha and |delta| > min_delta."""
-    e = effects[(effects["q_value"] < alpha) & (effects["delta"].abs() > min_delta)]
-    return e.sort_values(["q_value", "delta"], key=lambda s: s.abs() if s.name == "delta" else s,
-                         ascending=[True, False]).reset_index(drop=True)
+def within_source(rows: pd.DataFrame) -> pd.DataFrame:
+    """q_within_source: BH over the real rows; each control contrast held to the real family's size."""
+    q = np.full(len(rows), np.nan)
+    real = (rows["control"] == "real").to_numpy()
+    q[real] = bh(rows.loc[real, "p_value"].to_numpy(float))
+    m = int(rows.loc[real, "p_value"].notna().sum())
+    for _, idx in rows[~real].groupby("condition").groups.items():
+        p = rows.loc[idx, "p_value"].to_numpy(float)
+        q[rows.index.get_indexer(idx)] = bh(p, m=max(m, int((~np.isnan(p)).sum())))
+    return rows.assign(q_within_source=q)[COLUMNS]

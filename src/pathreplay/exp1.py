@@ -39,7 +39,8 @@ class Exp1Result(NamedTuple):
 def play_games(model: Any, tok: Any, layers: list[int], *, games: int, max_rounds: int,
                temperature: float, max_new_tokens: int, batch_size: int, seed: int,
                parser: Parser = "first", stop_at_newline: bool = True) -> Exp1Result:
-    """Play `games` games in lock-step batches; rounds past max_rounds end as 'unfinished'."""
+    """Play `games` games in lock-step batches; rounds past max_rounds end as 'unfinished', a
+    decision the game cannot act on (no option chosen, a bet of no known amount) as 'invalid'."""
     rng = random.Random(seed)
     setups = [(rng.choice(("fixed", "variable")), "".join(c for c in "GMRWP" if rng.random() < 0.5))
               for _ in range(games)]
@@ -69,10 +70,13 @@ def play_games(model: Any, tok: Any, layers: list[int], *, games: int, max_round
                 fixed = game.FIXED_BET if s.betting == "fixed" else None
                 d = parse_decision(text, parser, fixed_bet=fixed)
                 invalid[g] += not d.valid
+                if not d.valid or d.bet != d.bet:  # no decision, or a bet of no known amount
+                    outcome[g] = "invalid"  # the game cannot go on; neither bankrupt nor stopped
+                    continue
                 if d.action == "stop":
                     outcome[g] = "stopped"
                     continue
-                states[g] = game.play_round(s, d.bet, dice[g])
+                states[g] = game.play_round(s, int(d.bet), dice[g])
                 if states[g].balance <= 0:
                     outcome[g] = "bankrupt"
         active = [g for g in active if outcome[g] == "unfinished"]

@@ -35,7 +35,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "label": ("label", "classified_as", "effect_type", "direction", "original_direction"),
     "feature": ("feature",),
 }
-LABEL_MAP = {"safe": "safe", "risky": "risky", "neutral": "neutral", "": "",
+LABEL_MAP = {"safe": "safe", "risky": "risky", "neutral": "neutral", "disruptive": "disruptive", "": "",
              "increases_risk": "risky", "decreases_risk": "safe"}
 # "L25-10096", "L25/10096", "L25:10096", "L25_F10096", "25-10096": layer first, then the SAE
 # feature id. The one reader of feature names, for feature tables and trial logs alike.

@@ -29,6 +29,21 @@ class Condition(NamedTuple):
     scale: float
 
 
+SHAM, PLACEBO = "sham", "placebo"  # the replay's controls, beside random:<condition>
+
+
+def random_condition(condition: str) -> str:
+    """The name of a condition's random-direction control."""
+    return f"random:{condition}"
+
+
+def control_of(condition: str) -> str:
+    """What a condition is: `real` (a replay condition), or the control `sham`, `random`, `placebo`."""
+    if condition in (SHAM, PLACEBO):
+        return condition
+    return "random" if condition.startswith("random:") else "real"
+
+
 def parse_conditions(names: Sequence[str], where: str = "replay.conditions") -> list[Condition]:
     """Parse condition names such as `risky_value` or `2*safe_value`."""
     out = []
@@ -39,6 +54,22 @@ def parse_conditions(names: Sequence[str], where: str = "replay.conditions") -> 
                  f"name a value column ({', '.join(VALUE_COLUMNS)}) or a multiple like 2*risky_value")
         out.append(Condition(name.replace(" ", ""), m.group("col"), float(m.group("k") or 1.0)))
     return out
+
+
+def check_targets(table: pd.DataFrame, conditions: Sequence[Condition], thresholds: Mapping[str, float],
+                  where: str) -> None:
+    """A clamp reads its target back, so a target the feature can never read (non-zero, at or
+    below its threshold; thresholds: feature name -> threshold) is refused before any patch;
+    0 (ablation) stays allowed. Other modes move h by an amount the SAE defines for any value."""
+    for row in table.itertuples():
+        name = feature_name(row.layer, row.feature_id)
+        for c in conditions:
+            v = c.scale * float(getattr(row, c.column))
+            if v != 0 and v <= thresholds[name]:
+                fail(where, f"{name}'s target under {c.name} is {v:.4g}, at or below its threshold "
+                     f"{thresholds[name]:.4g}: a clamp can never read it back",
+                     "use a larger multiple (e.g. 3*" + c.column + "), replay.mode: decoder (the SAE's own edit, "
+                     "for any value), or leave the feature out")
 
 
 def select_features(table: pd.DataFrame, *, top_n: int, shard_size: int, sae_layers: Sequence[int],
@@ -71,8 +102,13 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(h.digest(), "little") & 0x7FFF_FFFF_FFFF
 
 
-def trial_seed(seed: int, prompt_id: str, trial: int, stream: str = "main") -> int:
-    """The seed of trial `trial` on a prompt: shared by baseline and every patched condition."""
+Stream = Literal["screen", "replay", "placebo"]  # seed streams: the screen's trials never reappear
+
+
+def trial_seed(seed: int, prompt_id: str, trial: int, stream: Stream) -> int:
+    """The seed of trial `trial` on a prompt in one stream: shared by the baseline and every
+    patched condition of that stream (coupled sampling). The screen and the replay draw from
+    streams of their own, so a replay never re-draws the trials that selected its features."""
     return stable_seed(seed, stream, prompt_id, trial)
 
 
@@ -88,7 +124,7 @@ class Job(NamedTuple):
     value: float = math.nan
 
 
-def baseline_jobs(prompts: Sequence[Prompt], trials: int, seed: int, stream: str = "main",
+def baseline_jobs(prompts: Sequence[Prompt], trials: int, seed: int, stream: Stream = "replay",
                   condition: str = "baseline") -> list[Job]:
     """Unpatched jobs: every prompt x trial on one seed stream."""
     return [Job(p.id, p.context, p.text, condition, t, trial_seed(seed, p.id, t, stream))
@@ -96,12 +132,18 @@ def baseline_jobs(prompts: Sequence[Prompt], trials: int, seed: int, stream: str
 
 
 def patched_jobs(prompts: Sequence[Prompt], row: Any, conditions: Sequence[Condition],
-                 trials: int, seed: int) -> list[Job]:
+                 trials: int, seed: int, stream: Stream = "replay") -> list[Job]:
     """Jobs of one feature (a feature-table row): every prompt x condition x trial, each trial on
     the seed of the baseline trial it is compared with."""
-    return [Job(p.id, p.context, p.text, c.name, t, trial_seed(seed, p.id, t),
+    return [Job(p.id, p.context, p.text, c.name, t, trial_seed(seed, p.id, t, stream),
                 c.scale * float(getattr(row, c.column)))
             for p in prompts for c in conditions for t in range(trials)]
+
+
+def trial_blocks(trials: int, batch_size: int) -> list[range]:
+    """Trials 0 .. trials - 1 cut into blocks of at most batch_size: how every job batches a
+    prompt's trials, so a trial and its coupled partners share a batch's shapes."""
+    return [range(a, min(a + batch_size, trials)) for a in range(0, trials, batch_size)]
 
 
 def prompts_for_features(features: pd.DataFrame, prompts: Sequence[Prompt], k: int,

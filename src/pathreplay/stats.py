@@ -24,26 +24,94 @@ def welch_p(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(sps.ttest_ind(a, b, axis=0, equal_var=False).pvalue, dtype=float)
 
 
-def bh(p: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+def bh(p: np.ndarray, groups: np.ndarray | None = None, m: int | None = None) -> np.ndarray:
     """Benjamini-Hochberg q-values, separately within each group label (one family when groups is
-    None): over a family's m non-NaN p in ascending order, q_(i) = min over j >= i of
-    p_(j) * (m / j), capped at 1 (scipy's false_discovery_control, to the bit). NaN p stay NaN
-    and are not counted as tests."""
+    None): over a family's n non-NaN p in ascending order, q_(i) = min over j >= i of
+    p_(j) * (m / j), capped at 1, with m = n (scipy's false_discovery_control, to the bit). A
+    larger `m` (one family only) scores these p as part of a family of m tests whose others are
+    not discoveries: how a control is held to the thresholds of a real family of that size. NaN p
+    stay NaN and are not counted as tests."""
     p = np.asarray(p, dtype=float)
     q = np.full_like(p, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
     if not len(ok):
         return q
+    if m is not None and (groups is not None or m < len(ok)):
+        raise ValueError("a family size m needs one family of at most m tests")
     g = np.zeros(len(ok), np.int64) if groups is None else np.unique(np.asarray(groups)[ok], return_inverse=True)[1]
     order = np.lexsort((p[ok], g))
     gs, ps = g[order], p[ok][order]
     starts = np.r_[0, np.flatnonzero(gs[1:] != gs[:-1]) + 1]
     sizes = np.diff(np.r_[starts, len(gs)])
     rank = np.arange(len(gs)) - np.repeat(starts, sizes) + 1
-    adj = ps * (np.repeat(sizes, sizes) / rank)
+    adj = ps * ((np.repeat(sizes, sizes) if m is None else m) / rank)
     adj = pd.Series(adj[::-1]).groupby(gs[::-1]).cummin().to_numpy()[::-1]
     q[ok[order]] = np.minimum(adj, 1.0)
     return q
+
+
+EXACT_FLIPS = 12  # up to this many non-zero differences a sign-flip test enumerates every pattern
+DRAWS = 4095  # random sign patterns above that
+T_FROM = 30  # from this many non-zero differences on, the paired t-test
+
+
+def sign_flip_p(d: np.ndarray, draws: int = DRAWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided sign-flip p of sum(d) = 0 per column, over each column's k non-zero entries
+    (a zero difference flips to itself): the share of sign patterns whose |sum| reaches the
+    observed one. Exact over all 2^k patterns up to k = EXACT_FLIPS (so p >= 2 / 2^k), else
+    (1 + hits) / (1 + draws) over `draws` random patterns, never 0. NaN for k < 2. Returns
+    (p, exact) per column."""
+    n, F = d.shape
+    k = (d != 0).sum(0)
+    p = np.full(F, np.nan)
+    exact = k <= EXACT_FLIPS
+    rng = np.random.default_rng(seed)
+    for kk in np.unique(k[k >= 2]):
+        cols = np.flatnonzero(k == kk)
+        if kk <= EXACT_FLIPS:
+            signs = 1 - 2 * ((np.arange(2**kk)[:, None] >> np.arange(kk)[None, :]) & 1).astype(float)
+        else:
+            signs = rng.choice([-1.0, 1.0], size=(draws, kk))
+        for c0 in range(0, len(cols), max(1, 2**22 // len(signs))):  # bounded memory
+            c = cols[c0: c0 + max(1, 2**22 // len(signs))]
+            vals = d[:, c].T
+            vals = vals[vals != 0].reshape(len(c), kk)
+            obs = np.abs(vals.sum(1))
+            hits = (np.abs(vals @ signs.T) >= obs[:, None] * (1 - 1e-12)).sum(1)
+            p[c] = hits / len(signs) if kk <= EXACT_FLIPS else (1 + hits) / (1 + draws)
+    return p, exact
+
+
+def paired_p(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided p of mean(d) = 0 per column of paired differences d [pairs, columns], and the
+    test used: the sign-flip test (sign_flip_p) while a column has fewer than T_FROM non-zero
+    differences (few pairs, or mostly zeros with a few large values: diverged tokens, a sparse
+    feature), the one-sample t-test over all pairs from there on (where every difference is the
+    same, the exact sign-flip p 2 / 2^k, never 0). NaN (`none`) for fewer than 2 non-zero
+    differences: nothing to test."""
+    n = d.shape[0]
+    k = (d != 0).sum(0)
+    flip, exact = sign_flip_p(d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1])
+        t = d.mean(0) / (sd / np.sqrt(n))
+        tp = 2 * sps.t.sf(np.abs(t), max(n - 1, 1))
+    # equal non-zero differences leave t undefined; their exact sign-flip p is 2 / 2^k, not 0
+    tp = np.where(sd > 0, tp, 2.0 ** (1 - k.astype(float)))
+    use_t = k >= T_FROM
+    p = np.where(use_t, tp, flip)
+    test = np.where(k < 2, "none", np.where(use_t, "t", np.where(exact, "sign_flip_exact", "sign_flip_mc")))
+    return np.where(k < 2, np.nan, p), test
+
+
+def ks_uniform(p: np.ndarray) -> tuple[float, float]:
+    """Kolmogorov-Smirnov statistic and p of p-values against Uniform(0, 1) (NaN: none)."""
+    p = np.asarray(p, float)
+    p = p[~np.isnan(p)]
+    if len(p) == 0:
+        return float("nan"), float("nan")
+    r = sps.kstest(p, "uniform")
+    return float(r.statistic), float(r.pvalue)
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -123,24 +123,49 @@ def layer_states(wildcards):
     ]
 
 
+def baseline_trials(prompts):
+    return [f"results/replay/baseline/{p}/trials.parquet" for p in sorted(prompts)]
+
+
+def patched_inputs(wildcards):
+    """A shard's plan, and the baseline trials of its prompts (their tokens are what its
+    teacher-forced runs are fed)."""
+    plan = _plan()
+    return {
+        "prompts": config["prompts"]["file"],
+        "plan": checkpoints.select_prompts.get().output.plan,
+        "selected": "results/features/selected.tsv",
+        "baseline": baseline_trials(plan.loc[plan["shard"] == wildcards.shard, "prompt_id"].unique()),
+    }
+
+
 def effects_inputs(wildcards):
     plan = _plan()
     mine = plan[plan["feature"] == wildcards.feature]
-    layer = int(mine["layer"].iloc[0])
     return {
         "plan": checkpoints.select_prompts.get().output.plan,
         "patched": f"results/replay/patched/{mine['shard'].iloc[0]}/trials.parquet",
-        "baseline": [f"results/replay/baseline/{p}/trials.parquet" for p in sorted(mine["prompt_id"].unique())],
-        "codes": [f"results/encode/L{t}.parquet" for t in LAYERS if t > layer],
+        "baseline": baseline_trials(mine["prompt_id"].unique()),
+        "codes": [f"results/encode/L{t}.parquet" for t in LAYERS],  # upstream layers: a control
     }
 
 
 def pathway_inputs(wildcards=None):
     return {
         "effects": [f"results/effects/{f}.parquet" for f in selected_features()],
-        "placebo": [f"results/effects/{f}.placebo.parquet" for f in selected_features()],
+        "upstream": [f"results/effects/{f}.upstream.parquet" for f in selected_features()],
         "patched": [f"results/replay/patched/{s}/trials.parquet" for s in replay_shards()],
-        "baseline": [f"results/replay/baseline/{p}/trials.parquet" for p in replay_prompts()],
+        "baseline": baseline_trials(replay_prompts()),
+    }
+
+
+def mediate_inputs(wildcards=None):
+    return {
+        "chains": "results/pathways/chains.tsv",
+        "prompts": config["prompts"]["file"],
+        "plan": checkpoints.select_prompts.get().output.plan,
+        "selected": "results/features/selected.tsv",
+        "baseline": baseline_trials(replay_prompts()),
     }
 
 
@@ -153,7 +178,8 @@ def default_targets():
             "results/pathways/edges.parquet",
             "results/pathways/paths.tsv",
             "results/behavior/effects.parquet",
-            "results/qc/placebo.tsv",
+            "results/qc/null.tsv",
+            "results/qc/upstream.tsv",
             "results/qc/patch_fidelity.tsv",
             "results/qc/sae_quality.tsv",
         ]

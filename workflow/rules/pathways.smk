@@ -1,4 +1,5 @@
-# Effects per source feature, then edges, paths, behaviour and the quality checks.
+# Effects per source feature, then run-wide edges, chains, behaviour and the checks; then the
+# mediation of each chain (teacher-forced replays with the middle feature held).
 
 
 rule effects:
@@ -6,7 +7,7 @@ rule effects:
         unpack(effects_inputs),
     output:
         effects="results/effects/{feature}.parquet",
-        placebo="results/effects/{feature}.placebo.parquet",
+        upstream="results/effects/{feature}.upstream.parquet",
     log:
         "results/logs/effects/{feature}.log",
     params:
@@ -20,9 +21,10 @@ rule pathways:
         unpack(pathway_inputs),
     output:
         edges="results/pathways/edges.parquet",
-        paths="results/pathways/paths.tsv",
+        chains="results/pathways/chains.tsv",
         behaviour="results/behavior/effects.parquet",
-        placebo="results/qc/placebo.tsv",
+        null="results/qc/null.tsv",
+        upstream="results/qc/upstream.tsv",
         fidelity="results/qc/patch_fidelity.tsv",
     log:
         "results/logs/pathways.log",
@@ -30,3 +32,27 @@ rule pathways:
         stats=pick("stats", "alpha", "min_delta"),
     script:
         "../scripts/pathways.py"
+
+
+rule mediate:
+    input:
+        unpack(mediate_inputs),
+    output:
+        paths="results/pathways/paths.tsv",
+    log:
+        "results/logs/mediate.log",
+    params:
+        model=pick("model"),
+        device=config["device"],
+        saes=sae_source(),
+        settings=replay_settings("replay"),
+        conditions=config["replay"]["conditions"],
+        trials=config["replay"]["trials"],
+        seed=config["seed"],
+        alpha=config["stats"]["alpha"],
+        min_delta=config["stats"]["min_delta"],
+        max_chains=config["stats"]["max_chains"],
+    resources:
+        gpu=1,
+    script:
+        "../scripts/mediate.py"

@@ -26,9 +26,7 @@ rule replay_baseline:
 
 rule replay_patched:
     input:
-        prompts=config["prompts"]["file"],
-        plan="results/replay/plan.tsv",
-        selected="results/features/selected.tsv",
+        unpack(patched_inputs),
     output:
         trials="results/replay/patched/{shard}/trials.parquet",
         states=expand("results/replay/patched/{{shard}}/L{layer}.safetensors", layer=LAYERS),

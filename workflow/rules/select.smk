@@ -13,6 +13,10 @@ checkpoint select_features:
         select=pick("select"),
         layers=LAYERS,
         columns=table_columns(selection_input()),
+        # a clamp's targets are checked against the features' thresholds (other modes take any)
+        clamp={"conditions": config["replay"]["conditions"], "saes": sae_source()}
+        if config["replay"]["mode"] == "clamp"
+        else None,
     script:
         "../scripts/select_features.py"
 

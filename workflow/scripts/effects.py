@@ -15,10 +15,14 @@ def main(sm):
     patched = patched[patched["feature"] == name].assign(part=part_of(sm.input.patched))
     base = pd.concat([read_table(f).assign(part=part_of(f)) for f in sm.input.baseline])
     codes = read_codes(sm.input.codes, sorted(set(patched["part"]) | set(base["part"])))
-    res = feature_effects(patched, base, codes, st["min_delta"], st["min_prompts"])
-    logging.info("%s: %d tests, %d placebo tests", name, len(res.effects), len(res.placebo))
-    write_table(res.effects, sm.output.effects)
-    write_table(res.placebo, sm.output.placebo)
+    res = feature_effects(patched, base, codes, st["min_delta"], st["min_prompts"],
+                          where=f"effects of {name} (replay shard {part_of(sm.input.patched)})")
+    e = res.effects
+    logging.info("%s: %d tests (%d of the real conditions), %d upstream rows; sham and upstream forced exact",
+                 name, int(e["p_value"].notna().sum()), int(e.loc[e["control"] == "real", "p_value"].notna().sum()),
+                 len(res.upstream))
+    write_table(e, sm.output.effects)
+    write_table(res.upstream, sm.output.upstream)
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -3,9 +3,9 @@ import logging
 import pandas as pd
 
 from pathreplay.behaviour import behaviour_effects
-from pathreplay.effects import EDGE_COLUMNS, edges
+from pathreplay.effects import COLUMNS
 from pathreplay.io import read_table, write_table
-from pathreplay.pathways import chains, patch_fidelity, placebo_summary
+from pathreplay.pathways import chains, edges, null_summary, patch_fidelity, patch_signs, run_wide, upstream_summary
 from pathreplay.workflow import run_script
 
 
@@ -17,18 +17,19 @@ def concat(paths, columns=None):
 
 def main(sm):
     st = sm.params.stats
-    effects = concat(sm.input.effects, EDGE_COLUMNS)
-    placebo = concat(sm.input.placebo, EDGE_COLUMNS)
+    effects = run_wide(concat(sm.input.effects, COLUMNS))
     e = edges(effects, st["alpha"], st["min_delta"])
     patched = concat(sm.input.patched)
     baseline = concat(sm.input.baseline)
-    logging.info("%d edges (%d robust) from %d tests", len(e), int(e["robust"].sum()) if len(e) else 0,
-                 len(effects))
+    real = effects["control"] == "real"
+    logging.info("%d edges (%d robust, %d nonspecific) from %d real tests; run-wide BH", len(e),
+                 int(e["robust"].sum()), int(e["nonspecific"].sum()), int(effects.loc[real, "p_value"].notna().sum()))
     write_table(e, sm.output.edges)
-    write_table(chains(e), sm.output.paths)
-    main_baseline = baseline[baseline["condition"] == "baseline"] if len(baseline) else baseline
-    write_table(behaviour_effects(patched, main_baseline), sm.output.behaviour)
-    write_table(placebo_summary(placebo, st["alpha"], st["min_delta"]), sm.output.placebo)
+    write_table(chains(e, patch_signs(patched)), sm.output.chains)
+    main_baseline = baseline[baseline["condition"] == "baseline"]
+    write_table(behaviour_effects(patched[patched["run"] == "generated"], main_baseline), sm.output.behaviour)
+    write_table(null_summary(effects, st["alpha"], st["min_delta"]), sm.output.null)
+    write_table(upstream_summary(concat(sm.input.upstream, COLUMNS[:-1])), sm.output.upstream)
     write_table(patch_fidelity(patched), sm.output.fidelity)
 
 

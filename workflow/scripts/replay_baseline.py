@@ -1,5 +1,6 @@
 from pathreplay.prompts import read_prompts
-from pathreplay.replay import ReplaySettings, run_baseline, write_result
+from pathreplay.coupled import run_baseline
+from pathreplay.replay import ReplaySettings, write_result
 from pathreplay.workflow import open_model, run_script
 
 

@@ -1,6 +1,6 @@
 from pathreplay.features import feature_slices, read_feature_table
 from pathreplay.io import write_table
-from pathreplay.plan import parse_conditions, select_features
+from pathreplay.plan import check_targets, parse_conditions, select_features
 from pathreplay.prompts import read_prompts
 from pathreplay.replay import ReplaySettings
 from pathreplay.sae import SAESource
@@ -20,6 +20,8 @@ def main(sm):
     dev = next(model.parameters()).device
     feats = feature_slices(SAESource(**p.saes), candidates, dev)
     conds = parse_conditions(s["conditions"], "screen.conditions")
+    if p.settings["mode"] == "clamp":  # a clamp's targets must be readable: refused before any patch
+        check_targets(candidates, conds, {n: f.threshold for n, (_, f) in feats.items()}, "screen.conditions")
     effects, _ = screen_features(model, tok, candidates, feats, prompts, conds, s["trials"],
                                  ReplaySettings(**p.settings), p.seed)
     verdict = classify(candidates, effects, s["alpha"], s["min_delta"])

@@ -1,8 +1,9 @@
 import logging
 
-from pathreplay.features import read_feature_table
+from pathreplay.features import feature_slices, read_feature_table
 from pathreplay.io import write_table
-from pathreplay.plan import select_features
+from pathreplay.plan import check_targets, parse_conditions, select_features
+from pathreplay.sae import SAESource
 from pathreplay.workflow import run_script
 
 
@@ -15,6 +16,10 @@ def main(sm):
     logging.info("selected %d of %d features into %d shards", len(sel), len(table), sel["shard"].nunique())
     if sel.empty:
         logging.warning("no feature passed the selection filters (select.*)")
+    if sm.params.clamp:  # a clamp's targets must be readable: refused here, before any replay
+        feats = feature_slices(SAESource(**sm.params.clamp["saes"]), sel, "cpu")
+        check_targets(sel, parse_conditions(sm.params.clamp["conditions"]),
+                      {n: f.threshold for n, (_, f) in feats.items()}, "replay.conditions")
     write_table(sel, sm.output[0])
 
 

@@ -73,16 +73,18 @@ def stop_token_ids(tokenizer: Any, stop_text: str | None) -> torch.Tensor:
 class Rows:
     """The sampler's state for a batch: tokens so far, which rows are done, and the next token
     and position each row feeds the model. Everything is a device tensor updated in place, so a
-    decode step (forward, then `take`) needs no host work and can be replayed as a CUDA graph."""
+    decode step (forward, then `take`) needs no host work and can be replayed as a CUDA graph.
+    With `forced` tokens [B, T] a row feeds those instead of sampling (teacher forcing)."""
 
     def __init__(self, u: torch.Tensor, stop: torch.Tensor, pad: int, temperature: float,
-                 last_pos: torch.Tensor, store: Store | None = None) -> None:
+                 last_pos: torch.Tensor, store: Store | None = None, forced: torch.Tensor | None = None) -> None:
         store = store or Store()
         B, T = u.shape
         dev = last_pos.device
         self.temperature, self.pad = temperature, pad
         self.u = store.put("rows.u", u.to(dev))
         self.stop = store.put("rows.stop", stop.to(dev))
+        self.forced = None if forced is None else store.put("rows.forced", forced.to(dev, torch.long))
         self.out = store.zeros("rows.out", (B, T), torch.long, dev).fill_(pad)
         self.done = store.zeros("rows.done", (B,), torch.bool, dev)
         self.lengths = store.zeros("rows.lengths", (B,), torch.long, dev)
@@ -91,9 +93,11 @@ class Rows:
         self.pos = store.put("rows.pos", last_pos.to(torch.long))  # ... and its position
 
     def take(self, logits: torch.Tensor) -> None:
-        """Sample column t for every row from logits [B, vocab]; done rows get pad."""
-        u = self.u.index_select(1, self.t).squeeze(1)
-        nxt = sample(logits, u, self.temperature)
+        """Sample (or, forced, read) column t for every row from logits [B, vocab]; done rows get pad."""
+        if self.forced is None:
+            nxt = sample(logits, self.u.index_select(1, self.t).squeeze(1), self.temperature)
+        else:
+            nxt = self.forced.index_select(1, self.t).squeeze(1)
         nxt = torch.where(self.done, torch.full_like(nxt, self.pad), nxt)
         self.out.index_copy_(1, self.t, nxt[:, None])
         self.lengths += (~self.done).long()
@@ -114,12 +118,14 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence
              max_new_tokens: int, temperature: float,
              interventions: Interventions | None = None,
              stop_ids: torch.Tensor | None = None, top_logits: int = 0,
-             engine: Any = None, prefill_chunk: int = 0) -> Generation:
+             engine: Any = None, prefill_chunk: int = 0, forced: torch.Tensor | None = None) -> Generation:
     """Generate up to max_new_tokens per prompt; rows stop at a stop token (default EOS).
 
     With `engine` (an engine.Engine) the forward passes run on its static cache (decode steps as
     CUDA graphs on a GPU) and apply the interventions between blocks; without, on the model with
-    a dynamic cache and hooks."""
+    a dynamic cache and hooks. With `forced` [batch, max_new_tokens] each row is fed those
+    tokens instead of sampled ones (teacher forcing on another run's tokens): a run with no patch
+    computes, step for step, what the run that sampled them computed."""
     from transformers import DynamicCache
 
     p = next(model.parameters())
@@ -134,7 +140,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence
     u = torch.stack([uniforms(s, max_new_tokens) for s in seeds])
     stop = stop_ids if stop_ids is not None else stop_token_ids(tokenizer, None)
     pos = positions(mask)
-    rows = Rows(u, stop, tokenizer.pad_token_id, temperature, pos[:, -1], store)
+    rows = Rows(u, stop, tokenizer.pad_token_id, temperature, pos[:, -1], store, forced)
     iv = interventions
     if iv is not None:
         iv.bind(batch, max_new_tokens - 1, device, p.dtype, store)

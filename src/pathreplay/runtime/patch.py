@@ -1,21 +1,34 @@
-"""Patch one SAE feature at a block's output and capture block outputs, through forward hooks.
+"""Patch one SAE feature at a block's output and capture block outputs, between blocks (the
+engine) or through forward hooks.
 
 Patches run in hooks prepended to a block's forward hooks and captures in appended ones, so a
 capture at the patched block always sees the patch whatever order things were set up in; nothing
 here reads `output_hidden_states`, whose recorder can run before a later-registered patch hook.
 
-Modes (v is a per-row target or, for `add`, an amount; NaN rows are left alone):
-- clamp (default): h += (v - pre(h)) * d, where d is the feature's decoder row scaled so that the
-  encoder reads one unit of d as one unit of the feature (sae.Feature.direction). The SAE's error
-  term is kept and the feature reads back exactly v (for v above its threshold; v = 0 switches an
-  active feature off by moving its pre-activation to 0). Using pre(h) rather than f(h) matters for
-  an inactive feature, whose pre-activation can be far below zero.
+Modes (v is a row's target or, for `add` and `random`, an amount; NaN leaves a row alone). With
+pre(h) = w.h + b the feature's pre-activation, f(h) its value (pre above the threshold, else 0),
+u its decoder row and d = u / (w.u) the decoder row scaled so the encoder reads one unit of d as
+one unit of pre-activation (sae.Feature.direction):
+- decoder (default): h += (v - f(h)) u, the move the SAE's own decoding makes when the code's
+  entry i is set to v and the error term is kept (feature steering as the SAE defines it). An
+  active feature reads back v; an inactive one moves by v u and reads back v only if that lifts
+  it over its threshold.
+- clamp: h += (v - pre(h)) d: the feature reads back exactly v (for v above its threshold; v = 0
+  switches an active feature off). From an inactive feature's pre-activation, far below zero,
+  this is a far larger move than the SAE's decoding would make.
 - reconstruct: the original Exp2 method, h = decode(encode(h) with f set to v); it drops the
   SAE's reconstruction error at every patched position and needs the whole SAE.
-- add: h += v * d.
+- add: h += v d.
+- sham (control): h += (f(h) - f(h)) u, the decoder edit to the row's own current value: a patch
+  that changes nothing, through every step a real patch takes.
+- random (control): h += v r along a fixed random unit direction r, v the real patch's ||dh|| at
+  that step (per-step values).
 
-Positions: `all` (every prompt position and every generated token), `exp2` (the last prompt
-position and every generated token: what Exp2's hook did with the KV cache on), `generated`.
+v is per row ([batch]) or per patched step ([batch, 1 + steps]: column 0 the prompt's last
+position, column 1 + s decode step s). Positions: `all` (every prompt position and every
+generated token), `exp2` (the last prompt position and every generated token: what Exp2's hook
+did with the KV cache on), `generated`. Each patched position records, before and after: the
+feature's value, its pre-activation before, ||dh|| and ||h|| (`STATS`).
 """
 
 from __future__ import annotations
@@ -32,20 +45,31 @@ from ..model import encode_prompts, positions
 from ..sae import SAE, Feature
 from .static import Store
 
-Mode = Literal["clamp", "reconstruct", "add"]
+Mode = Literal["decoder", "clamp", "reconstruct", "add", "sham", "random"]
 Positions = Literal["all", "exp2", "generated"]
 MODES, POSITIONS = get_args(Mode), get_args(Positions)
+STATS = ("before", "after", "pre", "dh", "h")  # what each patched position records, in this order
 
 
 class Patch(NamedTuple):
-    """Set (clamp, reconstruct) or shift (add) one feature at the output of one block."""
+    """Set (decoder, clamp, reconstruct), shift (add, random) or touch (sham) one feature at the
+    output of one block."""
 
     block: int
     feature: Feature
-    values: torch.Tensor  # [batch]; NaN = row not patched
-    mode: Mode = "clamp"
+    values: torch.Tensor  # [batch] or [batch, 1 + steps]; NaN = not patched there
+    mode: Mode = "decoder"
     positions: Positions = "exp2"
     sae: SAE | None = None  # needed by `reconstruct` only
+    direction: torch.Tensor | None = None  # `random` only: the unit direction
+
+
+def vector(p: Patch) -> torch.Tensor:
+    """The direction a patch moves h along (per unit of its step)."""
+    if p.mode == "random":
+        assert p.direction is not None, "a random patch needs its direction"
+        return p.direction
+    return p.feature.u if p.mode in ("decoder", "sham") else p.feature.direction
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -59,29 +83,36 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise TypeError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
-def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, sel: torch.Tensor | None
+def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, v: torch.Tensor, sel: torch.Tensor | None
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch h[b, t] where sel[b, t] (None: everywhere) along direction d; returns (new h,
-    feature value read before the patch). No host sync, so it can run inside a CUDA graph."""
+    """Patch h[b, t] to (or by) v[b, 1] where sel[b, t] (None: everywhere) along d; returns the
+    new h and STATS [5, b, t]. No host sync, so it can run inside a CUDA graph."""
     x = h.float()
-    before = p.feature.value(x)
-    v = p.values.to(h.device, torch.float32)[:, None].expand_as(before)
+    pre = p.feature.pre(x)
+    before = torch.where(pre > p.feature.threshold, pre, torch.zeros_like(pre))
+    v = v.to(h.device, torch.float32).expand_as(before)
     skip = torch.isnan(v) if sel is None else torch.isnan(v) | ~sel
+    vv = torch.nan_to_num(v)
     if p.mode == "reconstruct":
         assert p.sae is not None, "reconstruct needs the whole SAE"
         f = p.sae.encode(x)
-        f[..., p.feature.index] = torch.nan_to_num(v)
+        f[..., p.feature.index] = vv
         new = p.sae.decode(f)
     else:
         if p.mode == "clamp":
-            pre = p.feature.pre(x)
             # v = 0 on an inactive feature is already satisfied: leave the row untouched.
-            delta = torch.where((v <= 0) & (before == 0), torch.zeros_like(pre), torch.nan_to_num(v) - pre)
-        else:
-            delta = torch.nan_to_num(v)
-        new = x + delta[..., None] * d
+            step = torch.where((v <= 0) & (before == 0), torch.zeros_like(pre), vv - pre)
+        elif p.mode == "decoder":
+            step = vv - before
+        elif p.mode == "sham":
+            step = before - before
+        else:  # add, random
+            step = vv
+        new = x + step[..., None] * d
     out = torch.where(skip[..., None], x, new).to(h.dtype)
-    return out, before
+    moved = out.float()
+    stats = torch.stack([before, p.feature.value(moved), pre, (moved - x).norm(dim=-1), x.norm(dim=-1)])
+    return out, stats
 
 
 class Interventions:
@@ -102,10 +133,10 @@ class Interventions:
         self.capture_prompt = capture_prompt  # "last" | "all"
         self.phase = "prefill"  # | "chunk" (a prompt chunk before the last) | "decode"
         self.captured: dict[int, list[torch.Tensor]] = {b: [] for b in self.capture_blocks}
-        self.readback: list[dict[str, torch.Tensor]] = []  # prompt passes: before/after/selected
+        self.readback: list[dict[str, Any]] = []  # prompt passes: phase, stats [5, B, s], selected
         self.col: torch.Tensor | None = None
         self.decoded: dict[int, torch.Tensor] = {}  # block -> [batch, steps, d_model]
-        self.trace: list[torch.Tensor] = []  # per patch: [2, batch, steps], before / after
+        self.trace: list[torch.Tensor] = []  # per patch: STATS [5, batch, steps]
         self.steps = 0  # decode steps whose columns hold data (set by whoever runs them)
         self._dirs: dict[int, torch.Tensor] = {}
         for p in self.patches:
@@ -123,20 +154,30 @@ class Interventions:
         self.col = store.zeros("iv.col", (1,), torch.long, device)
         self.decoded = {b: store.zeros(f"iv.decoded.{b}", (batch, steps, self.d_model), dtype, device)
                         for b in self.capture_blocks}
-        self.trace = [store.zeros(f"iv.trace.{j}", (2, batch, steps), torch.float32, device)
+        self.trace = [store.zeros(f"iv.trace.{j}", (len(STATS), batch, steps), torch.float32, device)
                       for j in range(len(self.patches))]
         self.steps = 0
         for j, p in enumerate(self.patches):
             f = p.feature
-            self._dirs[j] = store.put(f"iv.dir.{j}", f.direction.to(device, torch.float32))
+            self._dirs[j] = store.put(f"iv.dir.{j}", vector(p).to(device, torch.float32))
             f = f._replace(w=store.put(f"iv.w.{j}", f.w.to(device, torch.float32)))  # a step reads w alone
             self.patches[j] = p._replace(feature=f, values=store.put(
                 f"iv.values.{j}", p.values.to(device, torch.float32)))
 
     def _direction(self, j: int, device: torch.device) -> torch.Tensor:
         if j not in self._dirs:
-            self._dirs[j] = self.patches[j].feature.direction.to(device, torch.float32)
+            self._dirs[j] = vector(self.patches[j]).to(device, torch.float32)
         return self._dirs[j]
+
+    def _values(self, p: Patch) -> torch.Tensor:
+        """The patch's v for this pass, [batch, 1]: per row, or this step's column."""
+        v = p.values
+        if v.dim() == 1:
+            return v[:, None]
+        if self.phase == "decode":
+            assert self.col is not None, "bind() the interventions before decode steps"
+            return v.index_select(1, self.col + 1)
+        return v[:, :1]
 
     def _selected(self, p: Patch, h: torch.Tensor) -> torch.Tensor:
         sel = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
@@ -154,16 +195,13 @@ class Interventions:
             d = self._direction(j, h.device)
             if self.phase == "decode":  # every position mode patches generated tokens
                 assert self.col is not None, "bind() the interventions before decode steps"
-                h, before = _apply(p, d, h, None)
-                after = p.feature.value(h.float())
-                self.trace[j].index_copy_(2, self.col, torch.stack([before, after]))
+                h, stats = _apply(p, d, h, self._values(p), None)
+                self.trace[j].index_copy_(2, self.col, stats)
                 continue
             sel = self._selected(p, h)
             if sel.any():
-                h, before = _apply(p, d, h, sel)
-                self.readback.append({"phase": self.phase, "before": before.detach(),
-                                      "after": p.feature.value(h.float()).detach(),
-                                      "selected": sel})
+                h, stats = _apply(p, d, h, self._values(p), sel)
+                self.readback.append({"phase": self.phase, "patch": j, "stats": stats.detach(), "selected": sel})
         return h
 
     def capture(self, block: int, h: torch.Tensor) -> None:
@@ -217,9 +255,15 @@ class Interventions:
         parts = self.captured[block] + ([self.decoded[block][:, : self.steps]] if self.steps else [])
         return torch.cat(parts, dim=1).cpu()
 
-    def generated(self, j: int = 0) -> torch.Tensor:
-        """Patch j's feature before and after the patch at each decode step: [2, batch, steps]."""
-        return self.trace[j][:, :, : self.steps].cpu()
+    def step_stats(self, j: int = 0) -> torch.Tensor:
+        """Patch j's STATS per patched step on the CPU, [5, batch, 1 + steps]: column 0 the
+        prompt's last position (NaN where it was not patched), then one column per decode step."""
+        last = torch.full((len(STATS), self.trace[j].shape[1], 1), float("nan"))
+        for rec in self.readback:
+            if rec["patch"] == j and rec["phase"] == "prefill":
+                rows = rec["selected"][:, -1].cpu()
+                last[:, rows, 0] = rec["stats"][:, rows, -1].float().cpu()
+        return torch.cat([last, self.trace[j][:, :, : self.steps].cpu()], dim=2)
 
 
 @torch.no_grad()
