@@ -31,7 +31,8 @@ import torch
 from pathreplay.runtime.engine import Engine
 from pathreplay.runtime.generate import generate
 from pathreplay.runtime.patch import Interventions, Patch
-from pathreplay.sae import SAE, Feature, SAEMeta
+from pathreplay.sae import SAE, Feature
+from pathreplay.sae_files import SAEMeta
 
 SHAPES = {
     "demo": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,

@@ -11,7 +11,7 @@ from conftest import DEMO, make_tiny_lm
 from pathreplay.prompts import read_prompts
 from pathreplay.demo import block_outputs, measure_figures
 from pathreplay.game import exp2_prompts
-from pathreplay.sae import read_meta, sae_dir
+from pathreplay.sae_files import read_meta, sae_dir
 
 
 def test_demo_plays_and_saes_reconstruct():

@@ -9,7 +9,8 @@ import torch
 
 from pathreplay.encode import encode_parts, part_of
 from pathreplay.io import write_tensors
-from pathreplay.sae import SAE, SAEMeta
+from pathreplay.sae import SAE
+from pathreplay.sae_files import SAEMeta
 
 
 def test_part_from_paths():

@@ -12,7 +12,8 @@ from pathreplay.errors import UserError
 from pathreplay.exp1 import Exp1Result, feature_table, play_games
 from pathreplay.features import CANONICAL
 from pathreplay.model import load_model
-from pathreplay.sae import SAE, SAEMeta
+from pathreplay.sae import SAE
+from pathreplay.sae_files import SAEMeta
 from pathreplay.stats import cohen_d
 
 

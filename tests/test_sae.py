@@ -11,7 +11,8 @@ import torch
 
 from conftest import write_llamascope, write_saelens
 from pathreplay.errors import UserError
-from pathreplay.sae import SAESource, check_hook, load_feature, load_sae, read_meta
+from pathreplay.sae import SAESource, check_hook, load_feature, load_sae
+from pathreplay.sae_files import read_meta
 
 R2 = math.sqrt(2)
 S = R2 / 2  # sqrt(d_model) / avg_norm_in with d_model 2 and avg_norm_in 2
@@ -90,7 +91,7 @@ def test_feature_slice_reads_only_its_row(llamascope, monkeypatch):
                     return t
             return S()
 
-    monkeypatch.setattr("pathreplay.sae.safe_open", Spy)
+    monkeypatch.setattr("pathreplay.sae_files.safe_open", Spy)
     load_feature(llamascope, "llamascope", 5, 1)
     assert ("encoder.weight", (1, 2)) in shapes and ("decoder.weight", (2, 1)) in shapes
 
@@ -170,3 +171,78 @@ def test_source_names_each_layers_folder_and_checks_its_hook(llamascope, tmp_pat
     (tmp_path / "L6R" / "hyperparams.json").write_text((llamascope / "hyperparams.json").read_text())
     with pytest.raises(UserError, match=r"configured as layer 6 .* reads 'blocks.5.hook_resid_post'"):
         SAESource(str(tmp_path / "L{layer}R"), "llamascope").meta(6)
+
+
+def _openmoss_inference(hp, E, bE, D, bD):
+    """OpenMOSS's own route to inference: biases and decoder rescaled by the dataset norms, the
+    pre-encoder bias subtracted where asked, decoder norms folded into the activations; then
+    encode / decode on the raw residual (written from its code, independently of sae_files)."""
+    d = E.shape[1]
+    s_in, s_out = math.sqrt(d) / hp["dataset_average_activation_norm"]["in"], \
+        math.sqrt(d) / hp["dataset_average_activation_norm"]["out"]
+    bE, Dp = bE / s_in, D * s_in / s_out
+    bDp = bD / s_out if hp.get("use_decoder_bias", True) else torch.zeros(d)
+    norm = Dp.norm(dim=0)
+
+    def encode(x):
+        if hp.get("apply_decoder_bias_to_pre_encoder", False):
+            x = x - bDp
+        pre = (x @ E.T + bE) * norm
+        return pre * (pre > hp["jump_relu_threshold"])
+
+    def decode(f):
+        return (f / norm) @ Dp.T + bDp
+
+    return encode, decode
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"use_decoder_bias": False}, {"apply_decoder_bias_to_pre_encoder": True},
+    {"dataset_average_activation_norm": {"in": 2.0, "out": 0.5}},
+    {"apply_decoder_bias_to_pre_encoder": True, "dataset_average_activation_norm": {"in": 3.0, "out": 1.5}},
+])
+def test_every_llamascope_setting_is_honoured(tmp_path, change):
+    g = torch.Generator().manual_seed(4)
+    E, D = torch.randn(6, 4, generator=g), torch.randn(4, 6, generator=g)
+    bE, bD = torch.randn(6, generator=g) * 0.3, torch.randn(4, generator=g)
+    folder = write_llamascope(tmp_path / "L2R", E, bE, D, bD, block=2, threshold=0.2, avg_norm=2.0)
+    hp = {**json.loads((folder / "hyperparams.json").read_text()), **change}
+    (folder / "hyperparams.json").write_text(json.dumps(hp))
+    encode, decode = _openmoss_inference(hp, E, bE, D, bD)
+    sae = load_sae(folder, "llamascope", 2)
+    x = torch.randn(50, 4, generator=g) * 2
+    want = encode(x)
+    assert torch.equal(sae.encode(x) > 0, want > 0) and (want > 0).any() and (want == 0).any()
+    assert torch.allclose(sae.encode(x), want, atol=1e-5)
+    assert torch.allclose(sae.decode(want), decode(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, edit, says", [
+    ("llamascope", {"act_fn": "gelu"}, r"act_fn 'gelu' is not reproduced"),
+    ("llamascope", {"norm_activation": "token-wise"}, r"norm_activation 'token-wise' is not reproduced"),
+    ("llamascope", {"dataset_average_activation_norm": {"in": 2.0}}, r"dataset_average_activation_norm.out is missing"),
+    ("llamascope", {"d_model": None}, r"has no 'd_model'"),
+])
+def test_settings_that_cannot_be_reproduced_are_refused(tmp_path, llamascope, fmt, edit, says):
+    hp = json.loads((llamascope / "hyperparams.json").read_text())
+    hp.update(edit)
+    if edit.get("d_model", 0) is None:
+        del hp["d_model"]
+    (llamascope / "hyperparams.json").write_text(json.dumps(hp))
+    with pytest.raises(UserError, match=says):
+        load_sae(llamascope, "llamascope", 5)
+
+
+def test_truncated_weights_are_one_line(tmp_path, llamascope):
+    f = llamascope / "checkpoints" / "final.safetensors"
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(UserError, match=r"final.safetensors: cannot be read .*truncated or corrupt"):
+        load_sae(llamascope, "llamascope", 5)
+
+
+def test_a_jumprelu_threshold_below_zero_still_gates_a_relu(tmp_path):
+    # sae-lens and Gemma Scope: f = relu(pre) [pre > t]; with t < 0 nothing negative comes out
+    folder = write_saelens(tmp_path / "j", [[1.0, 1.0]], [0.0, 0.0], [[1.0], [1.0]], [0.0], block=0,
+                           architecture="jumprelu", threshold=[-0.5, 0.3], apply_b_dec=False)
+    f = load_sae(folder, "saelens", 0).encode(torch.tensor([[-0.2], [0.2], [0.5]]))
+    assert torch.allclose(f, torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.5, 0.5]]))

@@ -12,7 +12,8 @@ from .features import read_feature_table, validate_feature_table
 from .model import check_prompt_lengths
 from .plan import CaptureSpec, capture_bytes, parse_conditions
 from .prompts import read_prompts
-from .sae import SAEMeta, SAESource
+from .sae import SAESource
+from .sae_files import SAEMeta
 
 
 def resolve(path: str, repo: Path) -> str:
