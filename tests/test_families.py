@@ -10,7 +10,8 @@ from conftest import make_tiny_lm
 
 from pathreplay.runtime.engine import supports
 from pathreplay.runtime.generate import generate
-from pathreplay.runtime.patch import Interventions, decoder_layers
+from pathreplay.model import decoder_layers
+from pathreplay.runtime.patch import Interventions
 
 pytestmark = pytest.mark.interop
 

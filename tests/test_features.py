@@ -201,7 +201,7 @@ def read_refusal(path: Path, **kw) -> str:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    assert "check features.path" in read_refusal(tmp_path / "nope.csv")
+    assert "check features.table" in read_refusal(tmp_path / "nope.csv")
 
 
 @pytest.mark.parametrize("name,content,expected", [
@@ -356,3 +356,16 @@ def test_slices_of_a_broken_sae_are_refused(tmp_path: Path) -> None:
     table = pd.DataFrame({"layer": [0], "feature_id": [0]})
     with pytest.raises(UserError, match=r"feature L0-0's encoder reads its own decoder row at gain 0"):
         feature_slices(src, table, "cpu")
+
+
+def test_infinite_values_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, [row(), row(fid=11, risky=float("inf"))])
+    with pytest.raises(UserError, match=r"row 2 \(L25-11\) column risky_value.*risky_value is inf") as err:
+        validate_feature_table(read_feature_table(path), str(path))
+    assert "finite" in str(err.value)
+
+
+def test_non_utf8_table_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"layer,feature_id,cohen_d,label\n25,1,0.5,s\xe9\n")
+    assert "cannot be parsed as CSV" in read_refusal(path)

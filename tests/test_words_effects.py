@@ -162,3 +162,39 @@ def test_shuffled_levels_false_discoveries_stay_at_alpha() -> None:
         total += len(fam)
     assert total >= 30 * 15  # (feature, context, text) families with at least one tested word
     assert hit / total <= 0.07, hit / total
+
+
+def test_what_the_logs_leave_untested_is_said(tmp_path: Path, caplog) -> None:
+    recs = [{"feature": "L3-7", "condition": "safe_with_risky_patch", "trial": t, "response": "1) Bet $10\n"}
+            for t in range(10)]
+    recs += [{"feature": "L3-8", "condition": "safe_baseline", "trial": t, "response": "2) Stop\n"} for t in range(10)]
+    path = write_jsonl(tmp_path / "log.jsonl", recs)
+    cfg = words_config({})
+    with caplog.at_level("WARNING", logger="pathreplay.words"):
+        run_shard([str(path)], cfg)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("risky_feature: 1 features have no 'safe_baseline' trials (L3-7)" in m for m in said), said
+    assert any("contrast safe_feature (risky_baseline vs risky_with_safe_patch) matches no trials" in m for m in said)
+    levels = words_config({"levels": "ordered", "contrasts": [], "columns": {"level": "scale"}})
+    one = write_jsonl(tmp_path / "one.jsonl", [{"feature": "L1-2", "scale": 1.0, "context": "c", "response": "x"}])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pathreplay.words"):
+        run_shard([str(one)], levels)
+    assert any("1 (feature, context) pairs have a single level, so no trend (L1-2 c)" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_broken_logs_are_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    from pathreplay.errors import UserError
+
+    good = "".join(f'{{"feature": "L1-2", "condition": "x", "response": "word {i}"}}\n' for i in range(2000))
+    gz = tmp_path / "a.jsonl.gz"
+    gz.write_bytes(gzip.compress(good.encode())[:300])
+    with pytest.raises(UserError, match=r"a.jsonl.gz: cannot be read to its end .*truncated"):
+        run_shard([str(gz)], words_config({}))
+    bad = tmp_path / "b.jsonl"
+    bad.write_bytes(b'{"feature": "L1-2", "condition": "x", "response": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"b.jsonl: is not UTF-8 text"):
+        run_shard([str(bad)], words_config({}))

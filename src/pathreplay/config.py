@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import fail
 from .features import read_feature_table, validate_feature_table
-from .model import check_prompt_lengths
-from .plan import CaptureSpec, capture_bytes, parse_conditions
+from .io import write_json
+from .model import check_model, check_prompt_lengths
+from .plan import CaptureSpec, capture_bytes, empty_selection, parse_conditions, select_features
 from .prompts import read_prompts
 from .sae import SAESource
-from .sae_files import SAEMeta
+from .sae_files import SAEMeta, nonfinite_weights, weights_file
 
 
 def resolve(path: str, repo: Path) -> str:
@@ -35,8 +39,29 @@ def sae_metas(config: Mapping[str, Any]) -> dict[int, SAEMeta]:
     return {layer: source.meta(layer) for layer in s["layers"]}
 
 
-def check_config(config: dict[str, Any], repo: Path) -> None:
-    """Resolve paths in place and check everything that needs no model weights."""
+def check_weights(meta: SAEMeta, cache: Path | None = None) -> None:
+    """Refuse an SAE whose weights are not all finite (or cannot be read whole). Each file is
+    read once: `cache` (a JSON file) remembers the files that passed by their size and mtime."""
+    f = weights_file(meta)
+    st = f.stat()
+    key, stamp = str(f.resolve()), [st.st_size, st.st_mtime_ns]
+    seen = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    if seen.get(key) == stamp:
+        return
+    bad = {name: n for name, n in nonfinite_weights(meta).items() if n}
+    if bad:
+        fail(str(f), f"holds non-finite weights ({', '.join(f'{k}: {v} values' for k, v in bad.items())})",
+             "download the SAE again, or leave this layer out of saes.layers")
+    if cache is not None:
+        write_json({**seen, key: stamp}, cache)
+
+
+def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, cache: Path | None = None,
+                 full: bool = True) -> None:
+    """Resolve paths in place and (unless not `full`: a job of a cluster run, checked when the run
+    started) check everything that needs no model weights: the SAEs (their metadata, against the
+    model's config, their weights once), the device where jobs run here, the prompts, the
+    feature table and, where it is the user's, the selection."""
     for section, key in (("model", "path"), ("saes", "path"), ("prompts", "file"),
                          ("features", "table")):
         sec = config.get(section) or {}
@@ -46,14 +71,29 @@ def check_config(config: dict[str, Any], repo: Path) -> None:
                 parent = resolve(os.path.dirname(base) or ".", repo)
                 if parent != (os.path.dirname(base) or "."):
                     sec[key] = os.path.join(parent, os.path.basename(base)) + "{layer}" + rest
+                elif not os.path.isabs(base):  # a typo under a local folder is no hub id
+                    first = Path(base).parts[0] if Path(base).parts else ""
+                    local = [b for b in (Path.cwd(), repo) if first and (b / first).is_dir()]
+                    if local:
+                        sec[key] = str(local[0] / sec[key])
             else:
                 sec[key] = resolve(sec[key], repo)
+    if not full:
+        return
+    if jobs_here and config.get("device") == "cuda" and not torch.cuda.is_available():
+        fail("device", "cuda was asked for but no GPU is visible here, where the jobs run",
+             "set device: auto or cpu, or run where a GPU is")
     if "saes" in config:
         metas = sae_metas(config)
         d_models = {m.d_model for m in metas.values()}
         if len(d_models) > 1:
             fail(f"saes.path={config['saes']['path']!r}", f"the SAEs disagree on d_model ({sorted(d_models)})",
                  "use SAEs of one model")
+        for meta in metas.values():
+            check_weights(meta, cache)
+        m = config.get("model") or {}
+        if m.get("path"):
+            check_model(m["path"], sorted(metas), d_models.pop(), bool(m.get("trust_remote_code")))
     if config.get("prompts", {}).get("file"):
         check_prompts(config)
     table = (config.get("features") or {}).get("table")
@@ -63,6 +103,18 @@ def check_config(config: dict[str, Any], repo: Path) -> None:
         validate_feature_table(df, table, sae_layers={k: (m.d_model, m.d_sae) for k, m in metas.items()},
                                relu_family=all(m.activation != "topk" for m in metas.values()),
                                allow_suspicious=bool(f.get("allow_suspicious")))
+        if not (config.get("screen") or {}).get("enabled") and "select" in config:
+            check_selection(df, config["select"], sorted(metas), table)
+
+
+def check_selection(table: Any, sel: Mapping[str, Any], layers: Sequence[int], where: str) -> None:
+    """The selection from a table known now (the user's, with no screen before it) is not empty."""
+    kept = select_features(table, top_n=sel["top_n"], shard_size=sel["shard_size"], sae_layers=layers,
+                           layers=sel["layers"] or None, labels=sel["labels"] or None,
+                           per_layer_cap=sel["per_layer_cap"] or None, min_abs_d=sel["min_abs_d"])
+    if kept.empty:
+        fail("select", f"no feature of {where} passes the selection ({empty_selection(table, sel, layers)})",
+             "loosen select.layers, select.labels or select.min_abs_d")
 
 
 def check_prompts(config: Mapping[str, Any]) -> None:
@@ -79,7 +131,8 @@ def check_prompts(config: Mapping[str, Any]) -> None:
         m = config["model"]
         longest = max([config.get("replay", {}).get("max_new_tokens", 0)]
                       + ([screen.get("max_new_tokens", 0)] if on else []))
-        check_prompt_lengths(prompts, path, m["path"], longest, bool(m.get("trust_remote_code")))
+        if not m.get("trust_remote_code"):  # its tokenizer may run code of its own: only in the jobs
+            check_prompt_lengths(prompts, path, m["path"], longest)
 
 
 def replay_estimate(config: Mapping[str, Any]) -> str:

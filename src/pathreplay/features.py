@@ -177,7 +177,7 @@ def read_feature_table(path: str | os.PathLike[str], columns: Mapping[str, str] 
     """Read a feature table (CSV/TSV/JSON/JSONL/Parquet) into the canonical columns."""
     p, where = Path(path), str(path)
     if not p.is_file():
-        fail(where, "feature table not found", "check features.path")
+        fail(where, "feature table not found", "check features.table")
     raw = _load(p, where).reset_index(drop=True)
     found = _resolve(raw, columns or {}, where)
     trial = [c for c in raw.columns if str(c).strip().lower() in TRIAL_COLS]
@@ -251,6 +251,11 @@ def validate_feature_table(df: pd.DataFrame, path: str, *,
         if len(bad):
             fail(f"{path} {_name(df, int(bad[0]))} column {c}", f"{c} is empty ({len(bad)} rows)",
                  "fill it in or drop those rows")
+    for c in FLOAT_COLS:
+        bad = np.flatnonzero(np.isinf(df[c].to_numpy(float))) if c in df.columns else []
+        if len(bad):
+            fail(f"{path} {_name(df, int(bad[0]))} column {c}", f"{c} is {df[c].iloc[bad[0]]} ({len(bad)} rows)",
+                 "give finite numbers: a patch to an infinite target breaks the model's states")
     ids = df[list(INT_COLS)].astype("int64")
     for c in INT_COLS:
         bad = np.flatnonzero((ids[c] < 0).to_numpy())

@@ -83,16 +83,21 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 def iter_jsonl(path: str | os.PathLike[str], what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-empty line; a bad line is one UserError."""
     with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                fail(f"{path} line {n}", f"not valid JSON ({err.msg})", f"write one JSON object per {what} per line")
-            if not isinstance(rec, dict):
-                fail(f"{path} line {n}", "not a JSON object", f"write one JSON object per {what} per line")
-            yield n, rec
+        n = 0
+        try:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    fail(f"{path} line {n}", f"not valid JSON ({err.msg})",
+                         f"write one JSON object per {what} per line")
+                if not isinstance(rec, dict):
+                    fail(f"{path} line {n}", "not a JSON object", f"write one JSON object per {what} per line")
+                yield n, rec
+        except UnicodeDecodeError as err:
+            fail(str(path), f"is not UTF-8 text (after line {n}: {err.reason})", "save the file as UTF-8")
 
 
 def write_json(obj: Any, path: str | os.PathLike[str]) -> None:

@@ -57,6 +57,17 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of decoder blocks, whatever the architecture calls it."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj: object = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise TypeError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
 def check_prompt_lengths(prompts: Sequence[Any], where: str, model_path: str, max_new_tokens: int,
                          trust_remote_code: bool = False) -> None:
     """Refuse, before any GPU work, prompts which the model cannot hold together with their
@@ -75,3 +86,41 @@ def check_prompt_lengths(prompts: Sequence[Any], where: str, model_path: str, ma
         if ctx and n + max_new_tokens > ctx:
             fail(where, f"prompt {q.id!r} has {n} tokens; with {max_new_tokens} new tokens it exceeds the "
                  f"model's context of {ctx}", "shorten the prompt or lower replay.max_new_tokens")
+
+
+def check_model(path: str, blocks: Sequence[int], d_model: int, trust_remote_code: bool = False) -> None:
+    """The model against the SAEs before any job, from its config alone (no weights; built on
+    the meta device): a local folder has its config.json, transformers can build it, its decoder
+    blocks can be found, every SAE's block exists, and its hidden size is the SAEs' d_model.
+    A model with code of its own is not built here: its code runs in the jobs only."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    where = f"model.path={path!r}"
+    if Path(path).exists() and not (Path(path) / "config.json").exists():
+        fail(where, "the folder has no config.json", "point model.path at a Hugging Face model folder")
+    if trust_remote_code:
+        return
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except OSError as e:
+        fail(where, f"cannot read its config: {str(e).splitlines()[0]}",
+             "point model.path at a folder with config.json, or a reachable hub id")
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fix = ("set model.trust_remote_code: true if you trust its code" if "trust_remote_code" in str(e)
+               else "use a causal LM that transformers can build")
+        fail(where, f"cannot be built from its config ({first})", fix)
+    try:
+        n = len(decoder_layers(model))
+    except TypeError as e:
+        fail(where, str(e), "use a model whose blocks are model.layers, transformer.h or gpt_neox.layers")
+    beyond = [b for b in blocks if b >= n]
+    if beyond:
+        fail("saes.layers", f"blocks {beyond} are past the model's {n} blocks (0..{n - 1})",
+             "list only layers the model has, or point model.path at the model the SAEs were trained on")
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    if hidden is not None and int(hidden) != d_model:
+        fail(where, f"its hidden size is {hidden} but the SAEs read vectors of {d_model}",
+             "use the model the SAEs were trained on")

@@ -96,6 +96,24 @@ def select_features(table: pd.DataFrame, *, top_n: int, shard_size: int, sae_lay
     return t
 
 
+def empty_selection(table: pd.DataFrame, sel: Mapping[str, Any], sae_layers: Sequence[int]) -> str:
+    """Why a selection came out empty: how many of the table's features each filter removed."""
+    t, why = table, []
+    for what, keep in (
+        ("at or past the last SAE layer (nothing downstream to read)", lambda x: x["layer"] < max(sae_layers)),
+        (f"not in select.layers {list(sel['layers'])}", lambda x: x["layer"].isin(sel["layers"]) if sel["layers"] else
+         x["layer"] == x["layer"]),
+        (f"not labelled {list(sel['labels'])} (labels here: {sorted(set(table['label'].astype(str)))})",
+         lambda x: x["label"].isin(sel["labels"]) if sel["labels"] else x["label"] == x["label"]),
+        (f"|cohen_d| below select.min_abs_d {sel['min_abs_d']}", lambda x: x["cohen_d"].abs() >= sel["min_abs_d"]),
+    ):
+        kept = t[keep(t)]
+        if len(kept) < len(t):
+            why.append(f"{len(t) - len(kept)} {what}")
+        t = kept
+    return f"{len(table)} features: " + "; ".join(why) if why else f"{len(table)} features"
+
+
 def stable_seed(*parts: Any) -> int:
     """A seed derived from names, identical on every machine and Python run."""
     h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8)

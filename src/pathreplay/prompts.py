@@ -9,7 +9,7 @@ from typing import NamedTuple
 from .errors import fail
 from .io import iter_jsonl
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # ids name the baseline's files
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # ids name folders: no dot first (., .., hidden)
 
 
 class Prompt(NamedTuple):
@@ -28,11 +28,12 @@ def read_prompts(path: str) -> list[Prompt]:
     seen: set[str] = set()
     for n, rec in iter_jsonl(path, "prompt"):
         for key in ("id", "text", "context"):
-            if key not in rec:
-                fail(f"{path}:{n}", f"field {key!r} missing", 'give every line {"id", "text", "context"}')
+            if rec.get(key) is None:
+                fail(f"{path}:{n}", f"field {key!r} missing or null", 'give every line {"id", "text", "context"}')
         pid, text = str(rec["id"]), str(rec["text"])
         if not SAFE_ID.match(pid):
-            fail(f"{path}:{n}", f"prompt id {pid!r} cannot name a file", "use letters, digits, '_', '-' and '.' only")
+            fail(f"{path}:{n}", f"prompt id {pid!r} cannot name a folder",
+                 "use letters, digits, '_', '-' and '.' only, not starting with '.'")
         if not text.strip():
             fail(f"{path}:{n}", f"prompt {pid!r} is empty", "remove it or give it text")
         if pid in seen:

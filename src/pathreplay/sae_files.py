@@ -272,3 +272,29 @@ def exact_tensors(meta: SAEMeta, index: int | None, device: str | torch.device =
             fail(str(f), f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
                  "the file is truncated or corrupt: download it again")
     return Exact(*(v.to(device) for v in out))
+
+
+def nonfinite_weights(meta: SAEMeta, rows: int = 4096) -> dict[str, int]:
+    """Count of non-finite values per tensor of the SAE's weights, read through in blocks of
+    rows; a file that cannot be read whole is refused with one line."""
+    f = weights_file(meta)
+    out: dict[str, int] = {}
+    try:
+        if meta.format == "gemmascope":
+            with np.load(f) as z:
+                for name in z.files:
+                    out[name] = int((~np.isfinite(np.asarray(z[name], dtype=np.float32))).sum())
+            return out
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for name in st.keys():
+                sl = st.get_slice(name)
+                n = sl.get_shape()[0] if sl.get_shape() else 1
+                bad = 0
+                for r0 in range(0, n, rows):
+                    t = sl[r0: r0 + rows] if sl.get_shape() else st.get_tensor(name)
+                    bad += int((~torch.isfinite(t.float())).sum())
+                out[name] = bad
+    except Exception as e:  # noqa: BLE001 - safetensors' and numpy's errors for a short or corrupt file
+        fail(str(f), f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+             "the file is truncated or corrupt: download it again")
+    return out

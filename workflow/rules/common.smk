@@ -23,13 +23,16 @@ except ImportError as err:
 
 
 def _check_config():
-    """Schema, then what it cannot express; the capture estimate. Bad input: one line, exit 2."""
+    """Schema, then what it cannot express; the capture estimate. Bad input: one line, exit 2.
+    A cluster job re-reads this file: it resolves the paths and trusts the checks of the start."""
     try:
         validate(config, schema=str(SCHEMA))
     except WorkflowError as err:
         raise UserError(schema_message(err)) from err
-    check_config(config, REPO)
-    return replay_estimate(config)
+    main = workflow.is_main_process
+    check_config(config, REPO, jobs_here=workflow.local_exec, cache=Path(".snakemake") / "pathreplay-weights.json",
+                 full=main)
+    return replay_estimate(config) if main else ""
 
 
 ESTIMATE = run_cli(_check_config)

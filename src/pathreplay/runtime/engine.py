@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .patch import Interventions, decoder_layers
+from ..model import decoder_layers
+from .patch import Interventions
 from .static import Store
 
 BUCKET = 32  # a decode step reads the cache up to the next multiple: one graph per bucket

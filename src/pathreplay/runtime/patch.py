@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..model import encode_prompts, positions
+from ..model import decoder_layers, encode_prompts, positions
 from ..sae import SAE, Feature
 from .static import Store
 
@@ -70,17 +70,6 @@ def vector(p: Patch) -> torch.Tensor:
         assert p.direction is not None, "a random patch needs its direction"
         return p.direction
     return p.feature.u if p.mode in ("decoder", "sham") else p.feature.direction
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's list of decoder blocks, whatever the architecture calls it."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
-        obj: object = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise TypeError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
 def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, v: torch.Tensor, sel: torch.Tensor | None

@@ -3,14 +3,18 @@ with its prior, and BH q-values within each (feature, contrast, text)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..features import feature_name
 from ..stats import bh, chi2_2x2, cochran_armitage, fisher_exact_2x2, log_odds_prior
 from .counts import Counts, count_logs, shard_of
 from .settings import TEXTS, Contrast, WordsConfig, level_label
+
+log = logging.getLogger("pathreplay.words")
 
 FC = ["layer", "feature_id", "context"]
 EFFECT_COLUMNS = [
@@ -196,9 +200,40 @@ def relabel(effects: pd.DataFrame) -> pd.DataFrame:
     return effects.assign(word=effects.stem.map(label)).astype(DTYPES)
 
 
+def untested(counts: Counts, cfg: WordsConfig) -> list[str]:
+    """What the logs leave untested, said rather than dropped: contrasts that match no trials,
+    features of a contrast without the baseline it needs, and (ordered levels) features with one
+    level only."""
+    g = counts.groups[counts.groups.layer >= 0]
+    out = []
+    for c in cfg.contrasts:
+        mine = counts.groups if c.context is None else counts.groups[counts.groups.context == c.context]
+        pairs = _pairs(mine, c)
+        treated = mine[(mine.condition == c.patched) & (mine.layer >= 0)]
+        if not len(treated):
+            out.append(f"contrast {c.name} ({c.baseline} vs {c.patched}) matches no trials")
+        elif len(pairs) < len(treated):
+            lost = treated.merge(pairs[FC], on=FC, how="left", indicator=True)
+            lost = lost.loc[lost["_merge"] == "left_only", ["layer", "feature_id"]]
+            names = sorted({feature_name(a, b) for a, b in lost.itertuples(index=False)})
+            out.append(f"contrast {c.name}: {len(names)} features have no {c.baseline!r} trials "
+                       f"({', '.join(names[:5])})")
+    if cfg.levels == "ordered" and len(g):
+        one = g.groupby(["layer", "feature_id", "context"])["level"].nunique()
+        one = one[one < 2]
+        if len(one):
+            out.append(f"{len(one)} (feature, context) pairs have a single level, so no trend "
+                       f"({', '.join(f'{feature_name(a, b)} {c}' for a, b, c in one.index[:5])})")
+    return out
+
+
 def run_shard(paths: Sequence[str], cfg: WordsConfig, shard: int | None = None) -> pd.DataFrame:
-    """Count and test the features of one shard (all features when `shard` is None)."""
-    out = word_effects(count_logs(paths, cfg, shard), cfg)
+    """Count and test the features of one shard (all features when `shard` is None); say in the
+    log what the logs leave untested."""
+    counts = count_logs(paths, cfg, shard)
+    for what in untested(counts, cfg):
+        log.warning("not tested: %s", what)
+    out = word_effects(counts, cfg)
     if shard is not None and shard != shard_of(-1, -1, cfg.shards):
         out = out[out.layer >= 0].reset_index(drop=True)  # every shard counts the shared baselines
     return out

@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -192,6 +193,15 @@ def read_trials(paths: Sequence[str], cfg: WordsConfig) -> Iterator[Trials]:
         if not os.path.exists(path):
             fail(path, "log file not found", "fix words.logs")
         kind = _format(path)
-        for raw in _columns_chunks(path, kind, wanted, cfg.chunk_rows):
+        chunks = _columns_chunks(path, kind, wanted, cfg.chunk_rows)
+        while True:
+            try:
+                raw = next(chunks)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as e:
+                fail(path, f"is not UTF-8 text ({e.reason})", "save the log as UTF-8")
+            except (EOFError, OSError, zlib.error) as e:  # a .gz cut short, a file that is not gzip
+                fail(path, f"cannot be read to its end ({type(e).__name__}: {e})", "copy the log again; it is truncated")
             if raw:
                 yield _canonical(raw, path, cfg)
