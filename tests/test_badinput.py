@@ -113,7 +113,7 @@ def feature_past_the_sae(tmp):
 
 
 def empty_selection(tmp):
-    t = _table(tmp, "1,5,0.8,0.3,0.9,risky\n2,7,0.5,0.3,0.6,safe\n")
+    t = _table(tmp, "1,500,0.8,0.3,0.9,risky\n2,700,0.5,0.3,0.6,safe\n")
     return ({"features": {"table": t}, "screen": {"enabled": False}, "select": {"layers": [0]}},
             "no feature of")
 
