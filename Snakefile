@@ -6,6 +6,9 @@ import os
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/exp1.smk"
@@ -15,6 +18,7 @@ include: "workflow/rules/replay.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/pathways.smk"
 include: "workflow/rules/words.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

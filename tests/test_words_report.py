@@ -66,3 +66,11 @@ def test_empty_shards_merge_to_empty_outputs(tmp_path: Path) -> None:
     e = merge_shards([str(f)], cfg, str(tmp_path / "e.parquet"), str(tmp_path / "e.json"), str(tmp_path / "v"))
     assert e.empty and json.loads((tmp_path / "e.json").read_text()) == []
     assert (tmp_path / "v").is_dir()
+
+
+def test_label_slots_keep_close_labels_apart() -> None:
+    from pathreplay.words.report import label_slots
+
+    h = label_slots([0.0, 0.1, 5.0, 0.05], [10.0, 9.9, 9.95, 9.8], gap=1.0)
+    assert h[0] == 10.0 and h[2] == 9.95  # far apart in x: each at its own height
+    assert h[1] <= h[0] - 1.0 and h[3] <= h[1] - 1.0  # close ones step down, none overlapping

@@ -293,3 +293,33 @@ def test_one_prompt_per_feature_gives_no_prompt_last_p_values(run, tmp_path):
     e = pd.concat([pd.read_parquet(f) for f in (wd / "results/effects").glob("L*-*[0-9].parquet")])
     pl = e[e["scope"] == "prompt_last"]
     assert len(pl) and pl["p_value"].isna().all() and (pl["n"] == 1).all()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.browser
+def test_report_renders_in_a_browser(run, tmp_path):
+    """`snakemake --report` after the run; Debian's Chromium renders it: the page is not blank, and
+    the pathway graph, the sources' figures and the checks' tables are in it."""
+    if not CHROMIUM:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    from matplotlib.image import imread
+
+    html = tmp_path / "report.html"
+    r = snakemake(run, "--report", str(html), config=yaml.safe_load((run / "config.yaml").read_text()))
+    assert r.returncode == 0 and html.stat().st_size > 100_000, r.stderr[-2000:]
+    shot = tmp_path / "report.png"
+    flags = HEADLESS + [f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000"]
+    subprocess.run([CHROMIUM, *flags, "--window-size=1400,1000", f"--screenshot={shot}", html.as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=False).stdout
+    img = imread(shot)
+    assert img.shape[:2] == (1000, 1400) and img.std() > 0.05  # not a blank page
+    assert len({tuple(px) for px in img[::10, ::10, :3].reshape(-1, 3).round(2)}) > 30
+    for shown in ("pathreplay traces how one sparse-autoencoder", "1. Pathways", "2. Sources", "4. Checks",
+                  "pathways.svg", "graph.svg", "decisions.svg", "controls.html", "sae_quality.html"):
+        assert shown in dom, shown

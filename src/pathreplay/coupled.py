@@ -18,11 +18,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .plan import PLACEBO, SHAM, Condition, Job, baseline_jobs, patched_jobs, random_condition, stable_seed
 from .prompts import Prompt
-from .replay import Batch, ReplayResult, ReplaySettings, batches, engine, from_batches, run_batch, stack_results
+from .replay import (Batch, Progress, ReplayResult, ReplaySettings, batches, engine, from_batches, run_batch,
+                     stack_results)
 from .runtime.patch import Patch
 from .sae import Feature, SAESource
 
@@ -33,7 +33,10 @@ def run_baseline(model: Any, tok: Any, prompt: Prompt, trials: int, seed: int, s
     if placebo:
         jobs += baseline_jobs([prompt], trials, seed, stream="placebo", condition=PLACEBO)
     eng = engine(model, tok, jobs, s)
-    done = [run_batch(model, tok, part, s, eng, where=f"baseline {prompt.id}") for part in batches(jobs, s.batch_size)]
+    parts = batches(jobs, s.batch_size)
+    progress = Progress(len(parts), f"baseline {prompt.id}")
+    done = [progress(run_batch(model, tok, part, s, eng, where=f"baseline {prompt.id}")) for part in parts]
+    progress.close()
     res = from_batches(done, s.capture_layers)
     # Patched tables carry these columns too, so baseline and patched tables concatenate.
     return res._replace(trials=res.trials.assign(feature="", layer=-1, feature_id=-1))
@@ -76,19 +79,22 @@ def feature_batches(model: Any, tok: Any, name: str, block: int, feat: Feature, 
     """Every batch of one feature: per (prompt, condition, trial block) the real condition
     generated and forced, and its random control both ways; the sham's pairs."""
     pad = tok.pad_token_id
+    parts = batches(jobs, s.batch_size)
+    progress = Progress(sum(2 if p[0].condition == SHAM else 4 for p in parts), f"patched {name}")
     done = []
-    for part in batches(jobs, s.batch_size):
+    for part in parts:
         cond = part[0].condition
         forced = forced_tokens(base, part, s.max_new_tokens, pad)
         where = f"{name} {cond} on {part[0].prompt_id}"
         if cond == SHAM:
             sham = [Patch(block, feat, torch.zeros(len(part)), "sham", s.positions)]
-            done += [run_batch(model, tok, part, s, eng, patches=sham, where=where),
-                     run_batch(model, tok, part, s, eng, patches=sham, forced=forced, run="forced", where=where)]
+            done += [progress(run_batch(model, tok, part, s, eng, patches=sham, where=where)),
+                     progress(run_batch(model, tok, part, s, eng, patches=sham, forced=forced, run="forced",
+                                        where=where))]
             continue
         real = [Patch(block, feat, torch.tensor([j.value for j in part]), s.mode, s.positions, sae)]
-        gen = run_batch(model, tok, part, s, eng, patches=real, where=where)
-        frc = run_batch(model, tok, part, s, eng, patches=real, forced=forced, run="forced", where=where)
+        gen = progress(run_batch(model, tok, part, s, eng, patches=real, where=where))
+        frc = progress(run_batch(model, tok, part, s, eng, patches=real, forced=forced, run="forced", where=where))
         done += [gen, frc]
         r = random_direction(feat, seed, name, cond)
         rjobs = [j._replace(condition=random_condition(cond)) for j in part]
@@ -96,7 +102,8 @@ def feature_batches(model: Any, tok: Any, name: str, block: int, feat: Feature, 
             assert b.stats is not None
             values = _random_values(b.stats, [rec["n_tokens"] for rec in b.records], s.max_new_tokens - 1)
             rand = [Patch(block, feat, values, "random", s.positions, direction=r)]
-            done.append(run_batch(model, tok, rjobs, s, eng, patches=rand, forced=toks, run=run, where=where))
+            done.append(progress(run_batch(model, tok, rjobs, s, eng, patches=rand, forced=toks, run=run, where=where)))
+    progress.close()
     return done
 
 
@@ -111,7 +118,7 @@ def run_features(model: Any, tok: Any, selected: pd.DataFrame, plan: pd.DataFram
     runs are fed). `saes` is read only in reconstruct mode."""
     base = baseline[(baseline["condition"] == "baseline") & (baseline["run"] == "generated")]
     results = []
-    for name, row in tqdm(list(selected.iterrows()), desc="features", unit="feature", mininterval=5):
+    for name, row in selected.iterrows():
         block, feat = features[name]
         # One whole SAE in memory at a time: the previous feature's is let go before this one loads.
         sae = None

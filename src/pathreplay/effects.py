@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+from tqdm import tqdm
 
 from .errors import fail
 from .plan import PLACEBO, control_of
@@ -162,7 +163,8 @@ def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_laye
     cons = contrasts(patched, baseline)
     keys = sorted({k for c in cons for k in c.pairs.treated + c.pairs.control})
     frames = []
-    for target, codes in codes_by_layer.items():
+    bar = tqdm(codes_by_layer.items(), desc=f"effects L{layer}-{fid}", unit="layer", mininterval=5)
+    for target, codes in bar:
         if target == layer:
             continue
         mine = codes[pd.MultiIndex.from_arrays([codes["part"].astype(str), codes["row"]]).isin(keys)]
@@ -178,6 +180,7 @@ def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_laye
             cols = _test(c, a, b, min_delta, min_prompts)
             frames.append(pd.DataFrame({"condition": c.condition, "control": c.control, "scope": c.scope,
                                         "target_layer": target, "target_feature": feats, **cols}))
+        bar.set_postfix(tests=sum(int(f["p_value"].notna().sum()) for f in frames), refresh=False)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS[2:-1])
     out.insert(0, "source_feature", fid)
     out.insert(0, "source_layer", layer)

@@ -90,7 +90,7 @@ def encode_parts(sae: SAE, parts: Sequence[tuple[str, str]], layer: int, chunk: 
         states, n_valid, sample = read_states(path)
         rows, width, _ = states.shape
         n_rows += rows
-        bar.set_postfix(rows=n_rows, refresh=False)
+        bar.set_postfix(rows=n_rows, rows_s=f"{n_rows / max(bar.format_dict['elapsed'], 1e-9):.0f}", refresh=False)
         valid = torch.arange(width)[None, :] <= n_valid[:, None]  # position 0 is the prompt's last
         last = torch.zeros(rows, sae.meta.d_sae)
         gen = torch.zeros(rows, sae.meta.d_sae)

@@ -10,6 +10,7 @@ their states are equal to the bit (the sham control checks it)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from itertools import groupby
 from typing import Any, Literal, NamedTuple
@@ -63,6 +64,25 @@ class Batch(NamedTuple):
     states: dict[int, torch.Tensor]
     sample: dict[int, torch.Tensor]
     stats: torch.Tensor | None
+
+
+class Progress:
+    """A progress bar over batches that shows trials/s and tokens/s (in the job's log)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="batch", mininterval=5)
+        self.t0, self.trials, self.tokens = time.perf_counter(), 0, 0
+
+    def __call__(self, b: Batch) -> Batch:
+        self.trials += len(b.records)
+        self.tokens += sum(r["n_tokens"] for r in b.records)
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(trials_s=f"{self.trials / dt:.1f}", tokens_s=f"{self.tokens / dt:.0f}", refresh=False)
+        self.bar.update(1)
+        return b
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def engine(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings) -> Engine | None:
@@ -156,13 +176,16 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
     """Sample every job, in batches; all rows of a call share one patched feature (or none),
     each row patched to its job's value in the settings' mode."""
     eng = engine(model, tok, jobs, s)
+    parts = batches(jobs, s.batch_size)
+    progress = Progress(len(parts), desc)
     done = []
-    for part in tqdm(batches(jobs, s.batch_size), desc=desc, unit="batch", mininterval=5):
+    for part in parts:
         patches = []
         if feature is not None and block is not None:
             values = torch.tensor([j.value for j in part], dtype=torch.float32)
             patches = [Patch(block, feature, values, s.mode, s.positions, sae)]
-        done.append(run_batch(model, tok, part, s, eng, patches=patches, where=desc))
+        done.append(progress(run_batch(model, tok, part, s, eng, patches=patches, where=desc)))
+    progress.close()
     return from_batches(done, s.capture_layers)
 
 

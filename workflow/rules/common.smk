@@ -18,20 +18,28 @@ try:
     from pathreplay.words.logs import log_paths
     from pathreplay.words.settings import words_config
 except ImportError as err:
-    sys.exit(f"pathreplay: error: cannot import pathreplay ({err}); install it into this Python "
-             f"first: pip install -e {REPO}")
+    sys.exit(
+        f"pathreplay: error: cannot import pathreplay ({err}); install it into this Python "
+        f"first: pip install -e {REPO}"
+    )
 
 
 def _check_config():
     """Schema, then what it cannot express; the capture estimate. Bad input: one line, exit 2.
-    A cluster job re-reads this file: it resolves the paths and trusts the checks of the start."""
+    A cluster job re-reads this file: it resolves the paths and trusts the checks of the start.
+    """
     try:
         validate(config, schema=str(SCHEMA))
     except WorkflowError as err:
         raise UserError(schema_message(err)) from err
     main = workflow.is_main_process
-    check_config(config, REPO, jobs_here=workflow.local_exec, cache=Path(".snakemake") / "pathreplay-weights.json",
-                 full=main)
+    check_config(
+        config,
+        REPO,
+        jobs_here=workflow.local_exec,
+        cache=Path(".snakemake") / "pathreplay-weights.json",
+        full=main,
+    )
     return replay_estimate(config) if main else ""
 
 
@@ -77,12 +85,23 @@ def replay_settings(stage):
     """replay.ReplaySettings(**replay_settings(stage)) for the replay or the screen (which uses
     its own max_new_tokens and captures nothing)."""
     r = config["replay"]
-    out = dict(temperature=r["temperature"], batch_size=r["batch_size"], parser=config["parser"],
-               mode=r["mode"], positions=r["positions"], engine=r["engine"])
+    out = dict(
+        temperature=r["temperature"],
+        batch_size=r["batch_size"],
+        parser=config["parser"],
+        mode=r["mode"],
+        positions=r["positions"],
+        engine=r["engine"],
+    )
     if stage == "screen":
         return {**out, "max_new_tokens": config["screen"]["max_new_tokens"]}
-    return {**out, "max_new_tokens": r["max_new_tokens"], "capture_layers": LAYERS,
-            "capture": r["capture"]["generated"], "top_logits": r["top_logits"]}
+    return {
+        **out,
+        "max_new_tokens": r["max_new_tokens"],
+        "capture_layers": LAYERS,
+        "capture": r["capture"]["generated"],
+        "top_logits": r["top_logits"],
+    }
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -95,12 +114,20 @@ def features_table():
 
 def selection_input():
     """What select_features ranks: the screen's verdicts when the screen runs."""
-    return "results/screen/features.parquet" if config["screen"]["enabled"] else features_table()
+    return (
+        "results/screen/features.parquet"
+        if config["screen"]["enabled"]
+        else features_table()
+    )
 
 
 def table_columns(path):
     """The user's column mapping applies to the user's table only, not to tables we wrote."""
-    return config["features"].get("columns") or {} if path == config["features"].get("table") else {}
+    return (
+        config["features"].get("columns") or {}
+        if path == config["features"].get("table")
+        else {}
+    )
 
 
 def _plan():
@@ -121,8 +148,12 @@ def selected_features(wildcards=None):
 
 def layer_states(wildcards):
     """Every captured state file of one layer, baseline and patched."""
-    return [f"results/replay/baseline/{p}/L{wildcards.layer}.safetensors" for p in replay_prompts()] + [
-        f"results/replay/patched/{s}/L{wildcards.layer}.safetensors" for s in replay_shards()
+    return [
+        f"results/replay/baseline/{p}/L{wildcards.layer}.safetensors"
+        for p in replay_prompts()
+    ] + [
+        f"results/replay/patched/{s}/L{wildcards.layer}.safetensors"
+        for s in replay_shards()
     ]
 
 
@@ -138,7 +169,9 @@ def patched_inputs(wildcards):
         "prompts": config["prompts"]["file"],
         "plan": checkpoints.select_prompts.get().output.plan,
         "selected": "results/features/selected.tsv",
-        "baseline": baseline_trials(plan.loc[plan["shard"] == wildcards.shard, "prompt_id"].unique()),
+        "baseline": baseline_trials(
+            plan.loc[plan["shard"] == wildcards.shard, "prompt_id"].unique()
+        ),
     }
 
 
@@ -149,15 +182,21 @@ def effects_inputs(wildcards):
         "plan": checkpoints.select_prompts.get().output.plan,
         "patched": f"results/replay/patched/{mine['shard'].iloc[0]}/trials.parquet",
         "baseline": baseline_trials(mine["prompt_id"].unique()),
-        "codes": [f"results/encode/L{t}.parquet" for t in LAYERS],  # upstream layers: a control
+        "codes": [
+            f"results/encode/L{t}.parquet" for t in LAYERS
+        ],  # upstream layers: a control
     }
 
 
 def pathway_inputs(wildcards=None):
     return {
         "effects": [f"results/effects/{f}.parquet" for f in selected_features()],
-        "upstream": [f"results/effects/{f}.upstream.parquet" for f in selected_features()],
-        "patched": [f"results/replay/patched/{s}/trials.parquet" for s in replay_shards()],
+        "upstream": [
+            f"results/effects/{f}.upstream.parquet" for f in selected_features()
+        ],
+        "patched": [
+            f"results/replay/patched/{s}/trials.parquet" for s in replay_shards()
+        ],
         "baseline": baseline_trials(replay_prompts()),
     }
 
@@ -169,6 +208,15 @@ def mediate_inputs(wildcards=None):
         "plan": checkpoints.select_prompts.get().output.plan,
         "selected": "results/features/selected.tsv",
         "baseline": baseline_trials(replay_prompts()),
+    }
+
+
+def report_inputs(wildcards=None):
+    return {
+        "edges": "results/pathways/edges.parquet",
+        "paths": "results/pathways/paths.tsv",
+        "behaviour": "results/behavior/effects.parquet",
+        "plan": checkpoints.select_prompts.get().output.plan,
     }
 
 
@@ -185,6 +233,9 @@ def default_targets():
             "results/qc/upstream.tsv",
             "results/qc/patch_fidelity.tsv",
             "results/qc/sae_quality.tsv",
+            "results/report/pathways.svg",
+            "results/report/sources",
+            "results/report/checks/sae_quality.html",
         ]
         + (WORDS_OUTPUTS if WORDS_LOGS else [])
     )

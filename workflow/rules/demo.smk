@@ -7,9 +7,11 @@ rule build_demo:
         directory("results/demo_build"),
     log:
         "results/logs/build_demo.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    threads: 4  # capped at --cores
     params:
         seed=config["seed"],
-    threads: 4  # capped at --cores
     script:
         "../scripts/build_demo.py"
 
@@ -19,13 +21,15 @@ rule demo_figures:
         "results/qc/demo_figures.tsv",
     log:
         "results/logs/demo_figures.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         model=config["model"]["path"],
         saes=sae_source(),
         layers=LAYERS,
         seed=config["seed"],
         device=config["device"],
-    resources:
-        gpu=1,
     script:
         "../scripts/demo_figures.py"

@@ -9,11 +9,13 @@ rule encode:
         quality="results/qc/sae_quality/L{layer}.tsv",
     log:
         "results/logs/encode/L{layer}.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         saes=sae_source(),
         device=config["device"],
-    resources:
-        gpu=1,
     script:
         "../scripts/encode.py"
 
@@ -25,5 +27,7 @@ rule sae_quality:
         "results/qc/sae_quality.tsv",
     log:
         "results/logs/sae_quality.log",
+    conda:
+        "../../envs/pathreplay.yaml"
     script:
         "../scripts/sae_quality.py"

@@ -7,6 +7,10 @@ rule exp1:
         games="results/exp1/games.parquet",
     log:
         "results/logs/exp1.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         model=pick("model"),
         device=config["device"],
@@ -15,7 +19,5 @@ rule exp1:
         exp1=pick("exp1"),
         seed=config["seed"],
         parser=config["parser"],
-    resources:
-        gpu=1,
     script:
         "../scripts/exp1.py"

@@ -10,6 +10,8 @@ rule effects:
         upstream="results/effects/{feature}.upstream.parquet",
     log:
         "results/logs/effects/{feature}.log",
+    conda:
+        "../../envs/pathreplay.yaml"
     params:
         stats=pick("stats", "min_delta", "min_prompts"),
     script:
@@ -28,6 +30,8 @@ rule pathways:
         fidelity="results/qc/patch_fidelity.tsv",
     log:
         "results/logs/pathways.log",
+    conda:
+        "../../envs/pathreplay.yaml"
     params:
         stats=pick("stats", "alpha", "min_delta"),
     script:
@@ -41,6 +45,10 @@ rule mediate:
         paths="results/pathways/paths.tsv",
     log:
         "results/logs/mediate.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         model=pick("model"),
         device=config["device"],
@@ -52,7 +60,5 @@ rule mediate:
         alpha=config["stats"]["alpha"],
         min_delta=config["stats"]["min_delta"],
         max_chains=config["stats"]["max_chains"],
-    resources:
-        gpu=1,
     script:
         "../scripts/mediate.py"

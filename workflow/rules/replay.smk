@@ -8,9 +8,15 @@ rule replay_baseline:
         prompts=config["prompts"]["file"],
     output:
         trials="results/replay/baseline/{prompt}/trials.parquet",
-        states=expand("results/replay/baseline/{{prompt}}/L{layer}.safetensors", layer=LAYERS),
+        states=expand(
+            "results/replay/baseline/{{prompt}}/L{layer}.safetensors", layer=LAYERS
+        ),
     log:
         "results/logs/replay_baseline/{prompt}.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         model=pick("model"),
         device=config["device"],
@@ -18,8 +24,6 @@ rule replay_baseline:
         trials=config["replay"]["trials"],
         placebo=config["replay"]["placebo"],
         seed=config["seed"],
-    resources:
-        gpu=1,
     script:
         "../scripts/replay_baseline.py"
 
@@ -29,9 +33,15 @@ rule replay_patched:
         unpack(patched_inputs),
     output:
         trials="results/replay/patched/{shard}/trials.parquet",
-        states=expand("results/replay/patched/{{shard}}/L{layer}.safetensors", layer=LAYERS),
+        states=expand(
+            "results/replay/patched/{{shard}}/L{layer}.safetensors", layer=LAYERS
+        ),
     log:
         "results/logs/replay_patched/{shard}.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         model=pick("model"),
         device=config["device"],
@@ -40,7 +50,5 @@ rule replay_patched:
         conditions=config["replay"]["conditions"],
         trials=config["replay"]["trials"],
         seed=config["seed"],
-    resources:
-        gpu=1,
     script:
         "../scripts/replay_patched.py"

@@ -9,17 +9,21 @@ rule screen:
         behaviour="results/screen/behaviour.parquet",
     log:
         "results/logs/screen.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
     params:
         model=pick("model"),
         device=config["device"],
         saes=sae_source(),
         layers=LAYERS,
         prompts=config["prompts"]["file"],
-        screen=pick("screen", "top_n", "prompts", "conditions", "trials", "alpha", "min_delta"),
+        screen=pick(
+            "screen", "top_n", "prompts", "conditions", "trials", "alpha", "min_delta"
+        ),
         columns=table_columns(features_table()),
         settings=replay_settings("screen"),
         seed=config["seed"],
-    resources:
-        gpu=1,
     script:
         "../scripts/screen.py"

@@ -9,14 +9,18 @@ checkpoint select_features:
         "results/features/selected.tsv",
     log:
         "results/logs/select_features.log",
+    conda:
+        "../../envs/pathreplay.yaml"
     params:
         select=pick("select"),
         layers=LAYERS,
         columns=table_columns(selection_input()),
         # a clamp's targets are checked against the features' thresholds (other modes take any)
-        clamp={"conditions": config["replay"]["conditions"], "saes": sae_source()}
-        if config["replay"]["mode"] == "clamp"
-        else None,
+        clamp=(
+            {"conditions": config["replay"]["conditions"], "saes": sae_source()}
+            if config["replay"]["mode"] == "clamp"
+            else None
+        ),
     script:
         "../scripts/select_features.py"
 
@@ -32,6 +36,10 @@ checkpoint select_prompts:
         plan="results/replay/plan.tsv",
     log:
         "results/logs/select_prompts.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1 if TOP_ACTIVATION else 0,
     params:
         per_feature=config["prompts"]["per_feature"],
         strategy=config["prompts"]["strategy"],
@@ -39,7 +47,5 @@ checkpoint select_prompts:
         model=pick("model") if TOP_ACTIVATION else None,
         device=config["device"] if TOP_ACTIVATION else None,
         saes=sae_source() if TOP_ACTIVATION else None,
-    resources:
-        gpu=1 if TOP_ACTIVATION else 0,
     script:
         "../scripts/select_prompts.py"

@@ -9,12 +9,14 @@ rule words_shard:
         WORDS_LOGS,
     output:
         "results/words/shards/{shard}.parquet",
-    params:
-        words=config["words"],  # a changed setting reruns the shards
     log:
         "results/logs/words/shard_{shard}.log",
     wildcard_constraints:
         shard=r"\d+",
+    conda:
+        "../../envs/pathreplay.yaml"
+    params:
+        words=config["words"],  # a changed setting reruns the shards
     script:
         "../scripts/words_shard.py"
 
@@ -25,11 +27,19 @@ rule words_merge:
     output:
         effects="results/words/word_effects.parquet",
         json="results/words/causal_word_effects.json",
-        plots=directory("results/words/volcano"),
-    params:
-        words=config["words"],
+        plots=report(
+            directory("results/words/volcano"),
+            patterns=["{feature}.png"],
+            caption="../../report/volcano.rst",
+            category="3. Words",
+            labels={"feature": "{feature}"},
+        ),
     log:
         "results/logs/words/merge.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    params:
+        words=config["words"],
     script:
         "../scripts/words_merge.py"
 

@@ -63,8 +63,31 @@ def top_features(effects: pd.DataFrame, cfg: WordsConfig) -> list[tuple[int, int
     return [(int(a), int(b)) for a, b in score[["layer", "feature_id"]].head(cfg.top_features_plot).to_numpy()]
 
 
-def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: WordsConfig) -> list[Path]:
-    """One PNG per top feature: log-odds ratio vs -log10 p, a panel per contrast."""
+def label_slots(xs: Sequence[float], ys: Sequence[float], gap: float) -> list[float]:
+    """Heights for labels of points (xs, ys) so that no two labels closer than `gap` share a height
+    band: each label keeps its point's height unless an earlier, higher label is too close, in
+    which case it moves down just below that one."""
+    out: list[float] = []
+    placed: list[tuple[float, float]] = []
+    for x, y in sorted(zip(xs, ys), key=lambda t: -t[1]):
+        h = y
+        for px, py in placed:
+            if abs(px - x) < 4 * gap and abs(py - h) < gap:
+                h = py - gap
+        placed.append((x, h))
+        out.append(h)
+    order = sorted(range(len(ys)), key=lambda i: -ys[i])
+    heights = [0.0] * len(ys)
+    for rank, i in enumerate(order):
+        heights[i] = out[rank]
+    return heights
+
+
+def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: WordsConfig, labels: int = 8
+                  ) -> list[Path]:
+    """One PNG per top feature: log-odds ratio vs -log10 p, a panel per contrast on shared axes,
+    each saying how many words it tested and how many are discoveries; the top words labelled
+    without overlap, the legend outside the panels."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; chosen before pyplot loads, which is why both load here
@@ -76,21 +99,32 @@ def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: W
     for layer, fid in top_features(effects, cfg):
         e = effects[(effects.layer == layer) & (effects.feature_id == fid) & (effects.text == cfg.texts[0])]
         names = sorted(e.contrast.unique())
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.4), squeeze=False, sharex=True,
+                                 sharey=True)
+        y_all = -np.log10(e.p_value.clip(lower=1e-300))
+        span = max(1.0, float(y_all.max()) * 1.15)
         for ax, name in zip(axes[0], names):
             part = e[e.contrast == name]
-            sig = part.q_value < cfg.alpha
-            y = -np.log10(part.p_value.clip(lower=1e-300))
-            ax.scatter(part.log_odds_ratio[~sig], y[~sig], s=10, c="0.6", label="q >= alpha")
-            ax.scatter(part.log_odds_ratio[sig], y[sig], s=14, c="tab:red", label=f"q < {cfg.alpha:g}")
-            for r, yy in zip(part[sig].head(8).itertuples(), y[sig].head(8)):
-                ax.annotate(r.word, (r.log_odds_ratio, yy), fontsize=7, xytext=(2, 2), textcoords="offset points")
+            sig = (part.q_value < cfg.alpha).to_numpy()
+            y = -np.log10(part.p_value.clip(lower=1e-300)).to_numpy()
+            x = part.log_odds_ratio.to_numpy()
+            ax.scatter(x[~sig], y[~sig], s=10, c="0.6", label="q >= alpha")
+            ax.scatter(x[sig], y[sig], s=14, c="tab:red", label=f"q < {cfg.alpha:g}")
+            top = np.argsort(-y)[:labels]
+            top = top[sig[top]]
+            for i, h in zip(top, label_slots(x[top].tolist(), y[top].tolist(), span / 18)):
+                ax.annotate(part.word.iloc[i], (x[i], y[i]), xytext=(x[i], h), fontsize=7, textcoords="data",
+                            ha="left", va="bottom", arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5})
             ax.axvline(0, c="0.8", lw=0.8)
+            ax.text(0.02, 0.98, f"{len(part)} words tested\n{int(sig.sum())} at q < {cfg.alpha:g}",
+                    transform=ax.transAxes, va="top", fontsize=7)
             versus = "highest vs lowest level" if part.kind.iloc[0] == "trend" else "patched vs baseline"
-            ax.set(title=name, xlabel=f"log-odds ratio, {versus}", ylabel="-log10 p")
-            ax.legend(fontsize=7, loc="upper left")
+            ax.set(title=name, xlabel=f"log-odds ratio, {versus}", ylim=(0, span))
+        axes[0][0].set_ylabel("-log10 p")
+        handles, texts = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, texts, loc="lower center", ncol=2, fontsize=7, frameon=False)
         fig.suptitle(f"{feature_name(layer, fid)} ({cfg.texts[0]} text)")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         path = out_dir / f"{feature_name(layer, fid)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
