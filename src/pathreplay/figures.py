@@ -22,11 +22,17 @@ def _plt():  # pragma: no cover - trivial
     return plt
 
 
+def from_source(edges: pd.DataFrame, source: str) -> np.ndarray:
+    """A boolean mask of the edges whose source is `source` (an array even for no edges, which
+    pandas would otherwise read as an empty list of columns)."""
+    return np.array([feature_name(a, b) == source for a, b in zip(edges["source_layer"], edges["source_feature"])],
+                    dtype=bool)
+
+
 def graph_edges(edges: pd.DataFrame, source: str | None = None, cap: int = 120) -> tuple[pd.DataFrame, int]:
     """The edges a graph draws: per (source, target) the strongest significant one, forced scope
     first (the direct effect), at most `cap` of them by |delta|; and how many were left out."""
-    e = edges if source is None else edges[[feature_name(a, b) == source for a, b in
-                                             zip(edges["source_layer"], edges["source_feature"])]]
+    e = edges if source is None else edges[from_source(edges, source)]
     if e.empty:
         return e.assign(src=[], dst=[]), 0
     e = e.assign(src=[feature_name(a, b) for a, b in zip(e["source_layer"], e["source_feature"])],
@@ -126,7 +132,7 @@ def behaviour_plot(behaviour: pd.DataFrame, feature: str, out: str | os.PathLike
 
 def top_edges(edges: pd.DataFrame, source: str, n: int = 25) -> pd.DataFrame:
     """A source's strongest edges for a table: forced and generated deltas side by side."""
-    e = edges[[feature_name(a, b) == source for a, b in zip(edges["source_layer"], edges["source_feature"])]]
+    e = edges[from_source(edges, source)]
     cols = ["condition", "scope", "target_layer", "target_feature", "delta_forced", "q_forced", "delta_generated",
             "q_generated", "robust", "nonspecific"]
     e = e.assign(size=e["delta"].abs()).sort_values("size", ascending=False)
@@ -141,16 +147,19 @@ def report_figures(edges: pd.DataFrame, paths: pd.DataFrame, behaviour: pd.DataF
     for s in sources:
         pathway_graph(edges, paths, out / f"{s}.graph.svg", source=s)
         behaviour_plot(behaviour, s, out / f"{s}.decisions.svg")
-        html_table(top_edges(edges, s), out / f"{s}.edges.html")
+        html_table(top_edges(edges, s), out / f"{s}.edges.html",
+                   empty="no edge from this source passed the thresholds")
 
 
 STYLE = ("body{font:13px sans-serif;margin:1em} table{border-collapse:collapse} "
          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#eee}")
 
 
-def html_table(df: pd.DataFrame, out: str | os.PathLike[str]) -> None:
-    """A table as a small self-contained HTML page (a report shows HTML, not TSV), written atomically."""
+def html_table(df: pd.DataFrame, out: str | os.PathLike[str], empty: str = "no rows") -> None:
+    """A table as a small self-contained HTML page (a report shows HTML, not TSV), written
+    atomically; an empty table says `empty` above its header."""
     body = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+    body = f"<p>{empty}</p>" + body if df.empty else body
     with atomic_path(out) as tmp:
         tmp.write_text(f"<!doctype html><html><head><meta charset='utf-8'><style>{STYLE}</style></head>"
                        f"<body>{body}</body></html>\n")

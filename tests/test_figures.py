@@ -1,0 +1,76 @@
+"""figures: which edges a graph draws, the top-edges table, and figures on empty results."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pathreplay.figures import graph_edges, html_table, pathway_graph, report_figures, top_edges
+
+
+def edge(src: tuple[int, int], dst: tuple[int, int], delta: float, scope: str = "forced",
+         condition: str = "c") -> dict:
+    return {"source_layer": src[0], "source_feature": src[1], "condition": condition, "scope": scope,
+            "target_layer": dst[0], "target_feature": dst[1], "delta": delta, "q_value": 0.01,
+            "delta_forced": delta if scope == "forced" else None, "q_forced": 0.01,
+            "delta_generated": delta if scope == "generated" else None, "q_generated": 0.01,
+            "robust": True, "nonspecific": False}
+
+
+EDGES = pd.DataFrame([
+    edge((0, 1), (1, 2), 0.5), edge((0, 1), (1, 2), 2.0, scope="generated"),  # one pair, two scopes
+    edge((0, 1), (1, 3), -1.0), edge((0, 1), (2, 4), 0.1),
+    edge((1, 7), (2, 4), 3.0), edge((1, 7), (2, 5), 0.2),
+])
+EMPTY = EDGES.iloc[:0]
+PATHS = pd.DataFrame({"path": ["L0-1 -> L1-2 -> L2-4"], "mediated": [True]})
+
+
+def test_a_pair_is_drawn_once_and_forced_first() -> None:
+    e, left = graph_edges(EDGES, source="L0-1")
+    assert left == 0
+    assert sorted(zip(e["dst"], e["delta"])) == [("L1-2", 0.5), ("L1-3", -1.0), ("L2-4", 0.1)]
+
+
+def test_the_cap_is_shared_between_sources_and_says_what_it_left_out() -> None:
+    e, left = graph_edges(EDGES, cap=2)
+    # five pairs, one per source kept: each source's strongest (|-1.0| and 3.0)
+    assert left == 3
+    assert sorted(zip(e["src"], e["dst"])) == [("L0-1", "L1-3"), ("L1-7", "L2-4")]
+
+
+def test_top_edges_keep_one_row_per_target_strongest_first() -> None:
+    t = top_edges(EDGES, "L0-1")
+    assert list(zip(t["target_layer"], t["target_feature"], t["scope"])) == [
+        (1, 2, "generated"), (1, 3, "forced"), (2, 4, "forced")]
+    assert "delta_forced" in t and "delta_generated" in t
+
+
+@pytest.mark.parametrize("edges", [EMPTY, EDGES], ids=["no edges", "other source"])
+def test_a_source_without_edges_gets_an_empty_table_with_its_columns(edges: pd.DataFrame) -> None:
+    t = top_edges(edges, "L3-9")
+    assert t.empty and list(t.columns)[:2] == ["condition", "scope"]
+
+
+def test_figures_are_written_when_nothing_passed(tmp_path) -> None:
+    behaviour = pd.DataFrame({"feature": ["L3-9"], "prompt_id": ["p"], "condition": ["c"], "context": ["safe"],
+                              "stop_rate": [0.5], "stop_rate_lo": [0.2], "stop_rate_hi": [0.8],
+                              "stop_rate_baseline": [0.4], "stop_rate_baseline_lo": [0.1],
+                              "stop_rate_baseline_hi": [0.7], "valid_rate": [1.0], "valid_rate_baseline": [1.0]})
+    report_figures(EMPTY, PATHS.iloc[:0], behaviour, ["L3-9"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["L3-9.decisions.svg", "L3-9.edges.html",
+                                                          "L3-9.graph.svg"]
+    assert "no edge from this source" in (tmp_path / "L3-9.edges.html").read_text()
+    assert "L3-9: 0 edges" in (tmp_path / "L3-9.graph.svg").read_text()
+
+
+def test_the_graph_names_its_edges_and_what_the_cap_left_out(tmp_path) -> None:
+    left = pathway_graph(EDGES, PATHS, tmp_path / "g.svg", cap=2)
+    svg = (tmp_path / "g.svg").read_text()
+    assert left == 3 and "2 edges (3 weaker ones left out)" in svg
+
+
+def test_html_tables_are_whole_pages(tmp_path) -> None:
+    html_table(pd.DataFrame({"a": [1.234567]}), tmp_path / "t.html")
+    text = (tmp_path / "t.html").read_text()
+    assert text.startswith("<!doctype html>") and "1.235" in text and "no rows" not in text
