@@ -38,3 +38,21 @@ def test_schema_error_becomes_one_line():
         validate()
     msg = schema_message(err.value)
     assert msg == "config model.dtype: 'x' is not one of ['float32']; see config/README.md for what it takes"
+
+
+def leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    props = node.get("properties")
+    if not props:
+        return [prefix]
+    return [k for name, sub in props.items() for k in leaf_keys(sub, f"{prefix}.{name}" if prefix else name)]
+
+
+def test_config_readme_explains_every_key():
+    # the words section has its own table, keyed without the `words.` prefix
+    text = (ROOT / "config" / "README.md").read_text()
+    words = text[text.index("## `words`"):]
+    keys = leaf_keys(yaml.safe_load(SCHEMA.read_text()))
+    assert len(keys) > 60
+    missing = [k for k in keys if f"`{k}`" not in text and not (k.startswith("words.")
+                                                                 and f"| `{k.removeprefix('words.')}` |" in words)]
+    assert missing == []
