@@ -15,6 +15,35 @@ FIXTURES = SHARED / "fixtures" / "real"
 DEMO = ROOT / "resources" / "demo"
 
 
+DOSE_RESPONSE = "exp2_dose_response_trials_sample.jsonl"  # a sample of llm-addiction's exp2_revalidation_trials
+
+
+def real_fixture(name: str) -> Path:
+    """One of the study's real files (../shared/fixtures/real); the test is skipped where they are absent."""
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"real fixture absent: {path}")
+    return path
+
+
+def replay_prompts():
+    """Three short game prompts of one context, for replays on the tiny model."""
+    from pathreplay.prompts import Prompt
+
+    return [Prompt(f"p{i}", t, "c") for i, t in enumerate(
+        ["Choice: 1) Bet $10\n", "Round 1: Bet $10, Win, Balance $120\nChoice: ", "2) Stop\nChoice: "])]
+
+
+def identity_sae(d: int, threshold: float = 0.0, path: Path | None = None):
+    """A jumprelu SAE whose feature i reads and writes coordinate i, above `threshold`."""
+    from pathreplay.sae import SAE
+    from pathreplay.sae_files import SAEMeta
+
+    meta = SAEMeta("llamascope", path, d, d, "blocks.0.hook_resid_post", 0, "jumprelu", None)
+    eye = torch.eye(d)
+    return SAE(meta, eye, torch.zeros(d), torch.full((d,), threshold), eye, torch.zeros(d))
+
+
 def write_llamascope(folder: Path, E, bE, D, bD, *, block: int, threshold: float, avg_norm: float,
                      include_norm: bool = True) -> Path:
     from safetensors.torch import save_file

@@ -8,14 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import replay_prompts
 from pathreplay.coupled import random_direction, run_baseline, run_features
 from pathreplay.plan import Condition, baseline_jobs, patched_jobs
-from pathreplay.prompts import Prompt
 from pathreplay.replay import ReplaySettings
 from pathreplay.sae import load_feature
 
-PROMPTS = [Prompt(f"p{i}", t, "c") for i, t in enumerate(
-    ["Choice: 1) Bet $10\n", "Round 1: Bet $10, Win, Balance $120\nChoice: ", "2) Stop\nChoice: "])]
+PROMPTS = replay_prompts()
 
 
 def _settings(**kw):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from conftest import DOSE_RESPONSE, real_fixture
 from pathreplay.decision import Decision, decision_boundary, fixed_bet, parse_decision
 
 
@@ -15,7 +15,6 @@ def read(d: Decision) -> tuple:
     """(action, bet, valid, end) with an unknown amount as None, so tuples compare."""
     return (d.action, None if d.bet != d.bet else d.bet, d.valid, d.end)
 
-REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real" / "exp2_dose_response_trials_sample.jsonl"
 
 
 @pytest.mark.parametrize("text, fixed, expected", [
@@ -119,9 +118,8 @@ def test_real_examples_where_modes_differ(context: str, text: str, first: tuple,
 
 
 def _real_rows() -> list[dict]:
-    if not REAL.exists():
-        pytest.skip(f"real fixture absent: {REAL} (copy of llm-addiction's exp2_revalidation_trials sample)")
-    return [json.loads(line) for line in REAL.read_text().splitlines() if line.strip()]
+    text = real_fixture(DOSE_RESPONSE).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_real_agreement_with_stored_decisions() -> None:

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import identity_sae
 from pathreplay.encode import encode_parts, part_of
 from pathreplay.io import write_tensors
-from pathreplay.sae import SAE
-from pathreplay.sae_files import SAEMeta
 
 
 def test_part_from_paths():
@@ -21,9 +20,7 @@ def test_part_from_paths():
 
 def test_codes_keep_the_last_prompt_value_and_the_mean_over_kept_positions(tmp_path):
     # identity SAE on 2 dims with threshold 0: a feature reads its coordinate where positive
-    meta = SAEMeta("llamascope", tmp_path, 2, 2, "blocks.0.hook_resid_post", 0, "jumprelu", None)
-    eye = torch.eye(2)
-    sae = SAE(meta, eye, torch.zeros(2), torch.zeros(2), eye, torch.zeros(2))
+    sae = identity_sae(2, path=tmp_path)
     states = torch.tensor([[[1, -1], [2, 0], [4, 0]],  # row 0: last, then 2 kept generated positions
                            [[0, 0], [0, 5], [9, 9]]], dtype=torch.float16)  # row 1 kept 1: [9, 9] is padding
     path = tmp_path / "L0.safetensors"
@@ -60,9 +57,7 @@ def test_equal_states_get_equal_codes_wherever_they_sit(tmp_path, tiny_saes):
 
 
 def test_fp16_storage_flips_are_counted_on_the_float32_sample(tmp_path):
-    meta = SAEMeta("llamascope", tmp_path, 2, 2, "blocks.0.hook_resid_post", 0, "jumprelu", None)
-    eye = torch.eye(2)
-    sae = SAE(meta, eye, torch.zeros(2), torch.tensor([1.0, 1.0]), eye, torch.zeros(2))
+    sae = identity_sae(2, threshold=1.0, path=tmp_path)
     # 1.0002 rounds to 1.0 in fp16: above the threshold in float32, not after storage
     sample = torch.tensor([[[1.0002, 3.0], [0.0, 0.0]]])
     path = tmp_path / "L0.safetensors"

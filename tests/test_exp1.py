@@ -6,28 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DEMO
+from conftest import DEMO, identity_sae
 
 from pathreplay.errors import UserError
 from pathreplay.exp1 import Exp1Result, feature_table, play_games
 from pathreplay.features import CANONICAL
 from pathreplay.model import load_model
-from pathreplay.sae import SAE
-from pathreplay.sae_files import SAEMeta
 from pathreplay.stats import cohen_d
-
-
-def _identity_sae(d: int) -> SAE:
-    meta = SAEMeta("llamascope", None, d, d, "blocks.0.hook_resid_post", 0, "jumprelu", None)
-    eye = torch.eye(d)
-    return SAE(meta, eye, torch.zeros(d), torch.zeros(d), eye, torch.zeros(d))
 
 
 def test_feature_table_by_hand():
     games = pd.DataFrame({"outcome": ["bankrupt", "bankrupt", "stopped", "stopped", "stopped", "unfinished"]})
     x = torch.tensor([[3.0, 0.0, 0.0], [5.0, 1.0, 0.0], [1.0, 2.0, 0.0], [1.0, 0.0, 0.0], [4.0, 1.0, 0.0],
                       [9.0, 9.0, 9.0]])  # the unfinished game counts nowhere
-    out = feature_table(Exp1Result(games, {2: x}), lambda layer: _identity_sae(3))
+    out = feature_table(Exp1Result(games, {2: x}), lambda layer: identity_sae(3))
     assert list(out.columns) == list(CANONICAL)
     # feature 2 is 0 in every finished game: no d, no row
     assert out["feature_id"].tolist() == [0, 1] and (out["layer"] == 2).all()
@@ -42,7 +34,7 @@ def test_feature_table_by_hand():
 def test_too_few_finished_games_refused():
     games = pd.DataFrame({"outcome": ["bankrupt", "stopped", "stopped"]})
     with pytest.raises(UserError, match=r"exp1.games: .* 1 and 2; raise exp1.games"):
-        feature_table(Exp1Result(games, {0: torch.zeros(3, 2)}), lambda layer: _identity_sae(2))
+        feature_table(Exp1Result(games, {0: torch.zeros(3, 2)}), lambda layer: identity_sae(2))
 
 
 def test_games_are_played_by_the_rules():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_lm
 
 from pathreplay.runtime.engine import supports
 from pathreplay.runtime.generate import generate
@@ -40,8 +39,8 @@ PROMPTS = ["Choice: 1) Bet $10\n2) Stop\nChoice: ", "Round 1: Bet $10, Win"]
 
 
 @pytest.mark.parametrize("family", ["mistral", "mistral-sliding", "qwen2", "gpt2"])
-def test_hook_path_generates_what_generate_does(family):
-    _, tok = make_tiny_lm()
+def test_hook_path_generates_what_generate_does(family, tiny_lm):
+    _, tok = tiny_lm
     model = _model(family, tok)
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():

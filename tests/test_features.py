@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import FIXTURES
 from pathreplay.errors import UserError
-from pathreplay.features import (CANONICAL, feature_name, feature_slices, parse_feature_name, read_feature_table,
+from pathreplay.features import (CANONICAL, feature_name, parse_feature_name, read_feature_table,
                                  validate_feature_table)
 from pathreplay.sae import SAESource
 
-REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real"
+REAL = FIXTURES
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real fixtures absent at {REAL}")
 LLAMA_SCOPE = {layer: (4096, 32768) for layer in range(32)}
 OVERRIDE = "features.allow_suspicious: true"
@@ -355,7 +356,7 @@ def test_slices_of_a_broken_sae_are_refused(tmp_path: Path) -> None:
     src = SAESource(str(tmp_path / "L{layer}R"), "llamascope")
     table = pd.DataFrame({"layer": [0], "feature_id": [0]})
     with pytest.raises(UserError, match=r"feature L0-0's encoder reads its own decoder row at gain 0"):
-        feature_slices(src, table, "cpu")
+        src.slices(table, "cpu")
 
 
 def test_infinite_values_are_refused(tmp_path: Path) -> None:

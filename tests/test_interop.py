@@ -5,6 +5,7 @@ cannot reproduce are refused by name. (The test extra installs sae-lens.)"""
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_saved_architecture_encodes_and_decodes_like_sae_lens(tmp_path, inputs, case):
     sae = CASES[case]()
-    _randomise(sae, hash(case) % 1000)
+    _randomise(sae, zlib.crc32(case.encode()) % 1000)  # hash() of a str changes from run to run
     path = _saved(tmp_path, sae, "sae")
     cfg = json.loads((path / "cfg.json").read_text())
     assert "hook_name" not in cfg and cfg["metadata"]["hook_name"] == f"blocks.{BLOCK}.hook_resid_post"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_llamascope
+from conftest import replay_prompts, write_llamascope
 
 from pathreplay.coupled import run_baseline, run_features
 from pathreplay.effects import feature_effects
@@ -18,12 +18,10 @@ from pathreplay.encode import encode_parts
 from pathreplay.mediation import Slice, mediate
 from pathreplay.pathways import chains, edges, null_summary, patch_signs, run_wide, upstream_summary
 from pathreplay.plan import Condition, patched_jobs
-from pathreplay.prompts import Prompt
 from pathreplay.replay import ReplaySettings, write_result
 from pathreplay.sae import SAESource
 
-PROMPTS = [Prompt(f"p{i}", t, "c") for i, t in enumerate(
-    ["Choice: 1) Bet $10\n", "Round 1: Bet $10, Win, Balance $120\nChoice: ", "2) Stop\nChoice: "])]
+PROMPTS = replay_prompts()
 A, B, C, X = 5, 9, 4, 7  # A and X at block 0, B at block 1, C at block 2; X writes off A's line
 
 
@@ -112,7 +110,7 @@ def test_upstream_forced_effects_are_exactly_zero_and_the_sham_changes_nothing(t
     forced = up[up["scope"] == "forced"]
     assert len(forced) and (forced["delta"] == 0).all() and (forced["n_nonzero"] == 0).all()
     gen = up[(up["scope"] == "generated") & (up["control"] == "real")]
-    assert len(gen)  # tokens the patch changed move block 0 in the sampled runs
+    assert (gen["n_nonzero"] > 0).any()  # tokens the patch changed move block 0 in the sampled runs
     eff = traced["effects"]
     sham = eff[eff["control"] == "sham"]
     assert len(sham) and (sham["delta"] == 0).all() and sham["p_value"].isna().all()

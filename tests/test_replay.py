@@ -7,16 +7,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import replay_prompts
 from pathreplay.errors import UserError
 from pathreplay.plan import Condition, Job, baseline_jobs, patched_jobs
-from pathreplay.prompts import Prompt
 from pathreplay.replay import (ReplayResult, ReplaySettings, batches, from_batches, run_batch, run_jobs, stack_results,
                                write_result, _kept)
 from pathreplay.runtime.patch import Patch
 from pathreplay.sae import load_feature
 
-PROMPTS = [Prompt(f"p{i}", t, "c") for i, t in enumerate(
-    ["Choice: 1) Bet $10\n", "Round 1: Bet $10, Win, Balance $120\nChoice: ", "2) Stop\nChoice: "])]
+PROMPTS = replay_prompts()
 
 
 def _settings(**kw):
@@ -96,7 +95,7 @@ def test_a_batch_records_its_run_tokens_and_fidelity(tiny_lm, tiny_saes):
 
 def test_non_finite_states_stop_the_job_in_one_line():
     good = torch.ones(2, 3, 4)
-    assert _kept(good, [0, 1], torch.tensor([2, 1]), "x").shape == (2, 3, 4)
+    assert _kept(good, [0, 1], torch.tensor([2, 1]), "x")[0].shape == (2, 3, 4)
     with pytest.raises(UserError, match=r"^shard s001: block 2: 1 captured values are inf or NaN \(the model's states"):
         bad = good.clone()
         bad[0, 0, 0] = float("nan")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pathreplay.features import CANONICAL
-from pathreplay.plan import Condition
+from pathreplay.plan import Condition, patched_jobs
 from pathreplay.prompts import Prompt
 from pathreplay.replay import ReplaySettings
 from pathreplay.sae import load_feature
@@ -51,6 +51,9 @@ def test_screen_compares_each_patched_trial_with_the_baseline_of_its_seed(tiny_l
     s = ReplaySettings(max_new_tokens=3, temperature=0.7, batch_size=8)
     effects, base = screen_features(model, tok, cands, feats, prompts, conds, 4, s, seed=5)
     assert len(base) == 2 * 4 and set(base["condition"]) == {"baseline"}
+    # each baseline trial runs on the seed its patched trials share (patched_jobs), the screen's stream
+    want = {(j.prompt_id, j.trial): j.seed for j in patched_jobs(prompts, cands.iloc[0], conds, 4, 5, "screen")}
+    assert dict(zip(zip(base["prompt_id"], base["trial"]), base["seed"])) == want
     assert len(effects) == 2 * 2 * 2  # features x prompts x conditions
     assert effects["n_trials"].eq(4).all()
     assert sorted(effects["target_value"].unique()) == pytest.approx([0.2, 2.0])

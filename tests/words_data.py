@@ -7,17 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
-REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "real" / "exp2_dose_response_trials_sample.jsonl"
+from conftest import DOSE_RESPONSE, real_fixture
+
 REAL_MAPPING = {"columns": {"level": "scale", "context": "prompt_type", "trial": "trial_index"},
                 "levels": "ordered", "contrasts": []}
 
 
 def real_path() -> Path:
-    if not REAL.exists():
-        pytest.skip(f"real fixture absent: {REAL} (sample of llm-addiction's exp2_revalidation_trials.jsonl)")
-    return REAL
+    return real_fixture(DOSE_RESPONSE)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from .plan import control_of
-from .stats import bh, wilson
+from .stats import bh_with_controls, wilson
 
 KEYS = ["feature", "layer", "feature_id", "condition", "prompt_id", "context"]
 COLUMNS = KEYS + [
@@ -82,13 +82,7 @@ def behaviour_effects(patched: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataF
             for key, g in (patched.groupby(KEYS, sort=True) if len(patched) else [])]
     out = pd.DataFrame(rows, columns=COLUMNS[:-3])
     real = np.array([control_of(c) == "real" for c in out["condition"]], dtype=bool)
-    cols = ["p_valid", "p_stop", "p_bet"]
-    q = np.full((len(out), 3), np.nan)
-    q[real] = bh(out.loc[real, cols].to_numpy(float).ravel()).reshape(-1, 3)
-    m = int(np.isfinite(out.loc[real, cols].to_numpy(float)).sum())
-    for cond in set(out.loc[~real, "condition"]):
-        sel = (out["condition"] == cond).to_numpy()
-        p = out.loc[sel, cols].to_numpy(float).ravel()
-        q[sel] = bh(p, m=max(m, int(np.isfinite(p).sum()))).reshape(-1, 3)
+    p = out[["p_valid", "p_stop", "p_bet"]].to_numpy(float).ravel()  # row by row, three tests each
+    q = bh_with_controls(p, np.repeat(out["condition"].to_numpy(), 3), np.repeat(real, 3)).reshape(-1, 3)
     out["q_valid"], out["q_stop"], out["q_bet"] = q.T
     return out

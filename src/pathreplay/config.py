@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -14,8 +14,8 @@ from .errors import fail
 from .features import read_feature_table, validate_feature_table
 from .io import write_json
 from .model import check_model, check_prompt_lengths
-from .plan import CaptureSpec, capture_bytes, empty_selection, parse_conditions, select_features
-from .prompts import read_prompts
+from .plan import CaptureSpec, capture_bytes, parse_conditions, select_or_fail
+from .prompts import Prompt, read_prompts
 from .sae import SAESource
 from .sae_files import SAEMeta, nonfinite_weights, weights_file
 
@@ -39,25 +39,37 @@ def sae_metas(config: Mapping[str, Any]) -> dict[int, SAEMeta]:
     return {layer: source.meta(layer) for layer in s["layers"]}
 
 
-def check_weights(meta: SAEMeta, cache: Path | None = None) -> None:
+def check_weights(metas: Iterable[SAEMeta], cache: Path | None = None) -> None:
     """Refuse an SAE whose weights are not all finite (or cannot be read whole). Each file is
     read once: `cache` (a JSON file) remembers the files that passed by their size and mtime."""
-    f = weights_file(meta)
-    st = f.stat()
-    key, stamp = str(f.resolve()), [st.st_size, st.st_mtime_ns]
     seen = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
-    if seen.get(key) == stamp:
-        return
-    bad = {name: n for name, n in nonfinite_weights(meta).items() if n}
-    if bad:
-        fail(str(f), f"holds non-finite weights ({', '.join(f'{k}: {v} values' for k, v in bad.items())})",
-             "download the SAE again, or leave this layer out of saes.layers")
-    if cache is not None:
-        write_json({**seen, key: stamp}, cache)
+    passed = dict(seen)
+    try:
+        for meta in metas:
+            f = weights_file(meta)
+            st = f.stat()
+            key, stamp = str(f.resolve()), [st.st_size, st.st_mtime_ns]
+            if seen.get(key) == stamp:
+                continue
+            bad = {name: n for name, n in nonfinite_weights(meta).items() if n}
+            if bad:
+                fail(str(f), f"holds non-finite weights ({', '.join(f'{k}: {v} values' for k, v in bad.items())})",
+                     "download the SAE again, or leave this layer out of saes.layers")
+            passed[key] = stamp
+    finally:  # the files that passed are remembered even when a later one fails
+        if cache is not None and passed != seen:
+            write_json(passed, cache)
+
+
+class Checked(NamedTuple):
+    """What the start's checks read, for the capture estimate: the SAEs' metadata and the prompts."""
+
+    metas: dict[int, SAEMeta]
+    prompts: list[Prompt]
 
 
 def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, cache: Path | None = None,
-                 full: bool = True) -> None:
+                 full: bool = True) -> Checked:
     """Resolve paths in place and (unless not `full`: a job of a cluster run, checked when the run
     started) check everything that needs no model weights: the SAEs (their metadata, against the
     model's config, their weights once), the device where jobs run here, the prompts, the
@@ -79,7 +91,8 @@ def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, 
             else:
                 sec[key] = resolve(sec[key], repo)
     if not full:
-        return
+        return Checked({}, [])
+    metas, prompts = {}, []
     if jobs_here and config.get("device") == "cuda" and not torch.cuda.is_available():
         fail("device", "cuda was asked for but no GPU is visible here, where the jobs run",
              "set device: auto or cpu, or run where a GPU is")
@@ -89,13 +102,12 @@ def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, 
         if len(d_models) > 1:
             fail(f"saes.path={config['saes']['path']!r}", f"the SAEs disagree on d_model ({sorted(d_models)})",
                  "use SAEs of one model")
-        for meta in metas.values():
-            check_weights(meta, cache)
+        check_weights(metas.values(), cache)
         m = config.get("model") or {}
         if m.get("path"):
             check_model(m["path"], sorted(metas), d_models.pop(), bool(m.get("trust_remote_code")))
     if config.get("prompts", {}).get("file"):
-        check_prompts(config)
+        prompts = check_prompts(config)
     table = (config.get("features") or {}).get("table")
     if table and "saes" in config:
         f = config["features"]
@@ -104,22 +116,13 @@ def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, 
                                relu_family=all(m.activation != "topk" for m in metas.values()),
                                allow_suspicious=bool(f.get("allow_suspicious")))
         if not (config.get("screen") or {}).get("enabled") and "select" in config:
-            check_selection(df, config["select"], sorted(metas), table)
+            select_or_fail(df, config["select"], sorted(metas), table)
+    return Checked(metas, prompts)
 
 
-def check_selection(table: Any, sel: Mapping[str, Any], layers: Sequence[int], where: str) -> None:
-    """The selection from a table known now (the user's, with no screen before it) is not empty."""
-    kept = select_features(table, top_n=sel["top_n"], shard_size=sel["shard_size"], sae_layers=layers,
-                           layers=sel["layers"] or None, labels=sel["labels"] or None,
-                           per_layer_cap=sel["per_layer_cap"] or None, min_abs_d=sel["min_abs_d"])
-    if kept.empty:
-        fail("select", f"no feature of {where} passes the selection ({empty_selection(table, sel, layers)})",
-             "loosen select.layers, select.labels or select.min_abs_d")
-
-
-def check_prompts(config: Mapping[str, Any]) -> None:
+def check_prompts(config: Mapping[str, Any]) -> list[Prompt]:
     """The prompts file, the screen's prompt ids, and every prompt's length with its generation
-    against the model's context (its tokenizer and config only, no weights)."""
+    against the model's context (its tokenizer and config only, no weights); the prompts."""
     path = config["prompts"]["file"]
     prompts = read_prompts(path)
     screen = config.get("screen") or {}
@@ -133,19 +136,21 @@ def check_prompts(config: Mapping[str, Any]) -> None:
                       + ([screen.get("max_new_tokens", 0)] if on else []))
         if not m.get("trust_remote_code"):  # its tokenizer may run code of its own: only in the jobs
             check_prompt_lengths(prompts, path, m["path"], longest)
+    return prompts
 
 
-def replay_estimate(config: Mapping[str, Any]) -> str:
-    """The most the replay's captures can write, refused above replay.max_capture_gb."""
+def replay_estimate(config: Mapping[str, Any], checked: Checked) -> str:
+    """The most the replay's captures can write, refused above replay.max_capture_gb (from the
+    SAEs and prompts that check_config read)."""
     r, sel = config["replay"], config["select"]
     conds = parse_conditions(r["conditions"])
     if config.get("screen", {}).get("enabled"):
         parse_conditions(config["screen"]["conditions"], "screen.conditions")
     spec = CaptureSpec.parse(r["capture"]["generated"])
     positions = len(spec.positions(r["max_new_tokens"]))
-    metas = sae_metas(config)
+    metas = checked.metas
     d_model = next(iter(metas.values())).d_model
-    n_prompts = len(read_prompts(config["prompts"]["file"]))
+    n_prompts = len(checked.prompts)
     k = min(config["prompts"]["per_feature"], n_prompts)
     # per condition: sampled and teacher-forced, and the random control both ways; one sham pair
     patched = sel["top_n"] * k * (4 * len(conds) + 2) * r["trials"]

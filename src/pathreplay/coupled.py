@@ -21,8 +21,8 @@ import torch
 
 from .plan import PLACEBO, SHAM, Condition, Job, baseline_jobs, patched_jobs, random_condition, stable_seed
 from .prompts import Prompt
-from .replay import (Batch, Progress, ReplayResult, ReplaySettings, batches, engine, from_batches, run_batch,
-                     stack_results)
+from .replay import (Batch, Progress, ReplayResult, ReplaySettings, batches, engine, from_batches, job_patch,
+                     run_batch, run_jobs, stack_results)
 from .runtime.patch import Patch
 from .sae import Feature, SAESource
 
@@ -32,12 +32,7 @@ def run_baseline(model: Any, tok: Any, prompt: Prompt, trials: int, seed: int, s
     jobs = baseline_jobs([prompt], trials, seed)
     if placebo:
         jobs += baseline_jobs([prompt], trials, seed, stream="placebo", condition=PLACEBO)
-    eng = engine(model, tok, jobs, s)
-    parts = batches(jobs, s.batch_size)
-    progress = Progress(len(parts), f"baseline {prompt.id}")
-    done = [progress(run_batch(model, tok, part, s, eng, where=f"baseline {prompt.id}")) for part in parts]
-    progress.close()
-    res = from_batches(done, s.capture_layers)
+    res = run_jobs(model, tok, jobs, s, desc=f"baseline {prompt.id}")
     # Patched tables carry these columns too, so baseline and patched tables concatenate.
     return res._replace(trials=res.trials.assign(feature="", layer=-1, feature_id=-1))
 
@@ -51,9 +46,14 @@ def random_direction(feature: Feature, seed: int, name: str, condition: str) -> 
     return (r / r.norm()).float()
 
 
-def forced_tokens(base: pd.DataFrame, jobs: Sequence[Job], width: int, pad: int) -> torch.Tensor:
-    """[len(jobs), width]: each job's baseline trial's tokens (same prompt, same trial), padded."""
-    by_trial = base.set_index(["prompt_id", "trial"])["tokens"]
+def baseline_tokens(baseline: pd.DataFrame) -> pd.Series:
+    """The baseline trials' generated tokens by (prompt_id, trial): what the forced runs are fed."""
+    b = baseline[(baseline["condition"] == "baseline") & (baseline["run"] == "generated")]
+    return b.set_index(["prompt_id", "trial"])["tokens"]
+
+
+def forced_tokens(by_trial: pd.Series, jobs: Sequence[Job], width: int, pad: int) -> torch.Tensor:
+    """[len(jobs), width]: each job's baseline trial's tokens (baseline_tokens), padded."""
     out = torch.full((len(jobs), width), pad, dtype=torch.long)
     for r, j in enumerate(jobs):
         toks = list(by_trial.loc[(j.prompt_id, j.trial)])
@@ -66,7 +66,7 @@ def _random_values(stats: torch.Tensor, lengths: Sequence[int], steps: int) -> t
     row's own tokens (a random run may go on longer) the mean of its own steps."""
     dh = stats[3]
     out = torch.full((dh.shape[0], 1 + steps), float("nan"))
-    out[:, : dh.shape[1]] = dh[:, : 1 + steps]
+    out[:, : dh.shape[1]] = dh
     for r, n in enumerate(lengths):
         own = dh[r, 1: n].nan_to_num()  # decode steps fed this row's tokens: n_tokens - 1
         fill = float(own.mean()) if len(own) else float(dh[r, 0].nan_to_num())
@@ -75,16 +75,18 @@ def _random_values(stats: torch.Tensor, lengths: Sequence[int], steps: int) -> t
 
 
 def feature_batches(model: Any, tok: Any, name: str, block: int, feat: Feature, jobs: Sequence[Job],
-                    base: pd.DataFrame, seed: int, s: ReplaySettings, eng: Any, sae: Any = None) -> list[Batch]:
+                    tokens: pd.Series, seed: int, s: ReplaySettings, eng: Any, sae: Any = None) -> list[Batch]:
     """Every batch of one feature: per (prompt, condition, trial block) the real condition
-    generated and forced, and its random control both ways; the sham's pairs."""
+    generated and forced, and its random control both ways; the sham's pairs. `tokens`: the
+    baseline's (baseline_tokens)."""
     pad = tok.pad_token_id
     parts = batches(jobs, s.batch_size)
     progress = Progress(sum(2 if p[0].condition == SHAM else 4 for p in parts), f"patched {name}")
-    done = []
+    done: list[Batch] = []
+    directions: dict[str, torch.Tensor] = {}
     for part in parts:
         cond = part[0].condition
-        forced = forced_tokens(base, part, s.max_new_tokens, pad)
+        forced = forced_tokens(tokens, part, s.max_new_tokens, pad)
         where = f"{name} {cond} on {part[0].prompt_id}"
         if cond == SHAM:
             sham = [Patch(block, feat, torch.zeros(len(part)), "sham", s.positions)]
@@ -92,11 +94,13 @@ def feature_batches(model: Any, tok: Any, name: str, block: int, feat: Feature, 
                      progress(run_batch(model, tok, part, s, eng, patches=sham, forced=forced, run="forced",
                                         where=where))]
             continue
-        real = [Patch(block, feat, torch.tensor([j.value for j in part]), s.mode, s.positions, sae)]
+        real = [job_patch(part, block, feat, s, sae)]
         gen = progress(run_batch(model, tok, part, s, eng, patches=real, where=where))
         frc = progress(run_batch(model, tok, part, s, eng, patches=real, forced=forced, run="forced", where=where))
         done += [gen, frc]
-        r = random_direction(feat, seed, name, cond)
+        if cond not in directions:
+            directions[cond] = random_direction(feat, seed, name, cond)
+        r = directions[cond]
         rjobs = [j._replace(condition=random_condition(cond)) for j in part]
         for b, run, toks in ((gen, "generated", None), (frc, "forced", forced)):
             assert b.stats is not None
@@ -116,7 +120,7 @@ def run_features(model: Any, tok: Any, selected: pd.DataFrame, plan: pd.DataFram
     prompts in `plan` (feature, prompt_id), with the controls, as one result; `features`: name
     -> (block, feature slice); `baseline`: the baseline trials (their tokens are what the forced
     runs are fed). `saes` is read only in reconstruct mode."""
-    base = baseline[(baseline["condition"] == "baseline") & (baseline["run"] == "generated")]
+    tokens = baseline_tokens(baseline)
     results = []
     for name, row in selected.iterrows():
         block, feat = features[name]
@@ -129,7 +133,7 @@ def run_features(model: Any, tok: Any, selected: pd.DataFrame, plan: pd.DataFram
         mine = [prompts[i] for i in plan.loc[plan["feature"] == name, "prompt_id"]]
         jobs = patched_jobs(mine, row, conditions, trials, seed) + baseline_jobs(mine, trials, seed, condition=SHAM)
         eng = engine(model, tok, jobs, s)
-        done = feature_batches(model, tok, name, block, feat, jobs, base, seed, s, eng, sae)
+        done = feature_batches(model, tok, name, block, feat, jobs, tokens, seed, s, eng, sae)
         res = from_batches(done, s.capture_layers)
         results.append(res._replace(trials=res.trials.assign(feature=name, layer=block,
                                                              feature_id=int(row["feature_id"]))))

@@ -3,8 +3,9 @@ paired tests, for the real conditions and the controls alike.
 
 Scopes (each row says which):
 - `prompt_last`: the target feature at the last prompt position. Prefill is deterministic, so the
-  patched minus baseline difference there is one number per prompt; the test is an exact
-  sign-flip test across prompts (n = prompts), none with fewer than 3 prompts.
+  patched minus baseline difference there is one number per prompt; the test is a sign-flip
+  test across prompts (n = prompts; exact up to 12 non-zero prompts), none with fewer than 3
+  prompts. Its smallest p is 2 / 2^prompts: 4 prompts cannot reach p < 0.125.
 - `generated`: the target feature's mean over a trial's kept generated positions, sampled with
   the patch against the baseline trial of the same seed (shared random numbers): the total
   effect, the patch's own and that of the tokens it changed.
@@ -12,7 +13,7 @@ Scopes (each row says which):
   the direct effect at matched positions.
 Trial scopes use stats.paired_p over trial pairs. Contrasts (`control`): `real` (the replay's
 conditions), `sham`, `random` (random:<condition>) and `placebo` (baseline trials of another seed
-stream, generated scope), all through the same tests. Downstream layers make the effects;
+stream, prompt_last and generated scopes), all through the same tests. Downstream layers make the effects;
 upstream layers are a negative control: forced differences there must be exactly 0, and a sham's
 everywhere, or the job stops.
 """
@@ -29,14 +30,14 @@ import pyarrow.dataset as ds
 from tqdm import tqdm
 
 from .errors import fail
+from .features import feature_name
 from .plan import PLACEBO, control_of
-from .stats import bh, paired_p, sign_flip_p
+from .stats import bh_with_controls, paired_p, sign_flip_p
 
 COLUMNS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer", "target_feature",
            "mean_baseline", "mean_patched", "delta", "effect_size", "p_value", "test", "n", "n_nonzero",
            "n_trials", "n_prompts", "prompts_replicated", "prompts_opposite", "robust", "q_within_source"]
-SCOPES = ("prompt_last", "generated", "forced")
-MIN_PROMPTS_TESTED = 3  # fewer prompts cannot make an exact sign-flip p below 0.25
+MIN_PROMPTS_TESTED = 3  # below this the smallest sign-flip p across prompts is 2 / 2^2 = 0.5
 
 
 class Pairs(NamedTuple):
@@ -103,15 +104,14 @@ def contrasts(patched: pd.DataFrame, baseline: pd.DataFrame) -> list[Contrast]:
     return out
 
 
-def _dense(codes: pd.DataFrame, keys: list[tuple[str, int]], feats: np.ndarray) -> dict[str, np.ndarray]:
-    """{last, gen}: [len(keys), len(feats)] matrices of the codes of the given rows."""
-    pos = {k: i for i, k in enumerate(keys)}
+def _dense(codes: pd.DataFrame, pos: Mapping[tuple[str, int], int], feats: np.ndarray) -> dict[str, np.ndarray]:
+    """{last, gen}: [len(pos), len(feats)] matrices of the codes of the rows `pos` numbers."""
     idx = np.array([pos.get(k, -1) for k in zip(codes["part"].astype(str), codes["row"])], dtype=np.int64)
     sel = idx >= 0
     col = np.searchsorted(feats, codes["feature"].to_numpy()[sel])
     out = {}
     for name in ("last", "gen"):
-        m = np.zeros((len(keys), len(feats)))
+        m = np.zeros((len(pos), len(feats)))
         m[idx[sel], col] = codes[name].to_numpy()[sel]
         out[name] = m
     return out
@@ -125,8 +125,7 @@ def _test(c: Contrast, a: np.ndarray, b: np.ndarray, min_delta: float, min_promp
     delta = d.mean(0)
     if c.scope == "prompt_last":
         p, exact = sign_flip_p(per_prompt) if len(prompts) >= MIN_PROMPTS_TESTED else (
-            np.full(d.shape[1], np.nan), np.ones(d.shape[1], bool))
-        p = np.where((per_prompt != 0).sum(0) >= 2, p, np.nan)
+            np.full(d.shape[1], np.nan), np.ones(d.shape[1], bool))  # sign_flip_p: NaN below 2 non-zero
         test = np.where(np.isnan(p), "none", np.where(exact, "sign_flip_exact", "sign_flip_mc"))
         n, nonzero = np.full(d.shape[1], len(prompts)), (per_prompt != 0).sum(0)
     else:
@@ -158,12 +157,15 @@ def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_laye
     """Every contrast of one source feature at every captured layer but its own. `patched` holds
     one feature's trials; both tables carry a `part` column naming their rows in the codes.
     q_within_source: BH over the real contrasts' downstream tests; each control's tests are held
-    to a family of that size (stats.bh with m)."""
+    to a family of that size (stats.bh_with_controls)."""
     layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
     cons = contrasts(patched, baseline)
     keys = sorted({k for c in cons for k in c.pairs.treated + c.pairs.control})
-    frames = []
-    bar = tqdm(codes_by_layer.items(), desc=f"effects L{layer}-{fid}", unit="layer", mininterval=5)
+    pos = {k: i for i, k in enumerate(keys)}
+    rows_of = [(np.array([pos[k] for k in c.pairs.treated], dtype=np.int64),
+                np.array([pos[k] for k in c.pairs.control], dtype=np.int64)) for c in cons]
+    frames, tests = [], 0
+    bar = tqdm(codes_by_layer.items(), desc=f"effects {feature_name(layer, fid)}", unit="layer", mininterval=5)
     for target, codes in bar:
         if target == layer:
             continue
@@ -171,16 +173,15 @@ def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_laye
         feats = np.unique(mine["feature"].to_numpy())
         if not len(feats):
             continue
-        dense = _dense(mine, keys, feats)
-        pos = {k: i for i, k in enumerate(keys)}
-        for c in cons:
-            a = dense[c.column][[pos[k] for k in c.pairs.treated]]
-            b = dense[c.column][[pos[k] for k in c.pairs.control]]
+        dense = _dense(mine, pos, feats)
+        for c, (treated, control) in zip(cons, rows_of):
+            a, b = dense[c.column][treated], dense[c.column][control]
             _check_exact(c, a - b, target, target < layer, where)
             cols = _test(c, a, b, min_delta, min_prompts)
+            tests += int(np.isfinite(cols["p_value"]).sum())
             frames.append(pd.DataFrame({"condition": c.condition, "control": c.control, "scope": c.scope,
                                         "target_layer": target, "target_feature": feats, **cols}))
-        bar.set_postfix(tests=sum(int(f["p_value"].notna().sum()) for f in frames), refresh=False)
+        bar.set_postfix(tests=tests, refresh=False)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS[2:-1])
     out.insert(0, "source_feature", fid)
     out.insert(0, "source_layer", layer)
@@ -190,11 +191,6 @@ def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_laye
 
 def within_source(rows: pd.DataFrame) -> pd.DataFrame:
     """q_within_source: BH over the real rows; each control contrast held to the real family's size."""
-    q = np.full(len(rows), np.nan)
-    real = (rows["control"] == "real").to_numpy()
-    q[real] = bh(rows.loc[real, "p_value"].to_numpy(float))
-    m = int(rows.loc[real, "p_value"].notna().sum())
-    for _, idx in rows[~real].groupby("condition").groups.items():
-        p = rows.loc[idx, "p_value"].to_numpy(float)
-        q[rows.index.get_indexer(idx)] = bh(p, m=max(m, int((~np.isnan(p)).sum())))
+    q = bh_with_controls(rows["p_value"].to_numpy(float), rows["condition"].to_numpy(),
+                         (rows["control"] == "real").to_numpy())
     return rows.assign(q_within_source=q)[COLUMNS]

@@ -18,6 +18,12 @@ def fail(where: str, what: str, fix: str) -> NoReturn:
     raise UserError(f"{where}: {what}; {fix}")
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line: its first, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_cli(fn: Callable[[], T]) -> T:
     """Run fn, turning a UserError into one line on stderr and exit status 2."""
     try:

@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .errors import fail
+from .errors import fail, first_line
 from .io import iter_jsonl
-from .sae import Feature, SAESource
 
 CANONICAL: tuple[str, ...] = (
     "layer", "feature_id", "cohen_d", "p_value", "safe_value", "risky_value", "label", "source",
@@ -108,8 +106,7 @@ def _load(path: Path, where: str) -> pd.DataFrame:
             return _load_jsonl(path)
         return pd.read_parquet(path)
     except (ValueError, OSError) as err:  # pandas, json and pyarrow parse errors all land here
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        fail(where, f"cannot be parsed as {suffix[1:].upper()} ({msg})",
+        fail(where, f"cannot be parsed as {suffix[1:].upper()} ({first_line(err)})",
              "check the file's format matches its suffix")
 
 
@@ -287,20 +284,3 @@ def validate_feature_table(df: pd.DataFrame, path: str, *,
             if len(bad):
                 _trap(f"{path} {_name(df, int(bad[0]))} column {c}", f"{len(bad)} negative {c}(s), impossible for "
                       "a ReLU-family SAE", allow_suspicious)
-
-
-def feature_slices(source: SAESource, table: pd.DataFrame, device: str | torch.device
-                   ) -> dict[str, tuple[int, Feature]]:
-    """name -> (block, feature slice) for every row of a table with layer and feature_id."""
-    out = {}
-    for row in table.itertuples():
-        layer = int(row.layer)
-        name = feature_name(layer, row.feature_id)
-        feat = source.feature(layer, int(row.feature_id), device)
-        if feat.gain < 0.05:
-            # Moving along the decoder row barely moves (or lowers) what the encoder reads: a clamp
-            # along it would need an enormous step. This is a broken or mismatched SAE.
-            fail(f"saes.path={source.path!r}", f"feature {name}'s encoder reads its own decoder row at "
-                 f"gain {feat.gain:.3g}", "check saes.format and the SAE files")
-        out[name] = (layer, feat)
-    return out

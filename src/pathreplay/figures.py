@@ -4,29 +4,39 @@ size, mediated chains bold, sources marked), and each source's decisions against
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .features import feature_name, parse_feature_name
+from .plan import control_of
 from .io import atomic_path
 
 
-def _plt():  # pragma: no cover - trivial
+def pyplot() -> Any:  # pragma: no cover - trivial
+    """matplotlib's pyplot on the Agg backend (no display), chosen before pyplot first loads."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display; chosen before pyplot loads, which is why both load here
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def from_source(edges: pd.DataFrame, source: str) -> np.ndarray:
-    """A boolean mask of the edges whose source is `source` (an array even for no edges, which
-    pandas would otherwise read as an empty list of columns)."""
-    return np.array([feature_name(a, b) == source for a, b in zip(edges["source_layer"], edges["source_feature"])],
-                    dtype=bool)
+def savefig(fig: Any, out: str | os.PathLike[str], **kw: Any) -> None:
+    """Save and close a figure atomically, in the format its suffix names."""
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=Path(out).suffix.lstrip("."), **kw)
+    pyplot().close(fig)
+
+
+def from_source(edges: pd.DataFrame, source: str) -> pd.Series:
+    """The edges whose source feature is `source` (a name such as L2-816)."""
+    layer, fid = parse_feature_name(source)
+    return (edges["source_layer"] == layer) & (edges["source_feature"] == fid)
 
 
 def graph_edges(edges: pd.DataFrame, source: str | None = None, cap: int = 120) -> tuple[pd.DataFrame, int]:
@@ -46,30 +56,32 @@ def graph_edges(edges: pd.DataFrame, source: str | None = None, cap: int = 120) 
 
 
 def pathway_graph(edges: pd.DataFrame, paths: pd.DataFrame, out: str | os.PathLike[str], source: str | None = None,
-                  cap: int = 120, fmt: str | None = None) -> int:
-    """Draw the graph as SVG: features as nodes in columns by layer (networkx's multipartite
-    layout), edges coloured by sign (red up, blue down) and as wide as |delta|, mediated chains
-    bold, source features ringed. Returns how many edges were left out by the cap (said in the
-    figure too)."""
+                  cap: int = 120) -> int:
+    """Draw the graph (format by suffix): features as nodes in columns by layer (networkx's
+    multipartite layout), edges coloured by sign (red up, blue down) and as wide as |delta|,
+    mediated chains bold, source features ringed. Returns how many edges were left out by the
+    cap (said in the figure too)."""
     import networkx as nx
 
-    plt = _plt()
+    plt = pyplot()
     e, left = graph_edges(edges, source, cap)
     med = paths[paths["mediated"].astype(bool)] if len(paths) and "mediated" in paths else paths.iloc[:0]
     bold = {(a, b) for p in med["path"] for a, b in zip(p.split(" -> "), p.split(" -> ")[1:])}
+    sources = {source} if source else set(e["src"])
     g = nx.DiGraph()
-    sources = set(e["src"]) if len(e) else ({source} if source else set())
-    for n in sources | set(e["dst"]):
+    for n in sorted(sources | set(e["dst"])):  # sorted: the same layout on every run
         g.add_node(n, layer=parse_feature_name(n)[0])
     for r in e.itertuples():
         g.add_edge(r.src, r.dst, delta=float(r.delta))
-    fig, ax = plt.subplots(figsize=(10, max(4.0, 0.22 * max((1, *[sum(1 for _, d in g.nodes(data=True)
-                                                                      if d["layer"] == k) for k in range(64)])))))
-    if g.number_of_nodes():
+    per_layer = Counter(nx.get_node_attributes(g, "layer").values())
+    fig, ax = plt.subplots(figsize=(10, max(4.0, 0.22 * max(per_layer.values(), default=1))))
+    if per_layer:
         pos = nx.multipartite_layout(g, subset_key="layer")
-        widths = [0.5 + 3 * abs(d["delta"]) / max(1e-9, e["size"].max()) for *_, d in g.edges(data=True)]
-        colors = ["tab:red" if d["delta"] > 0 else "tab:blue" for *_, d in g.edges(data=True)]
-        widths = [w * (2.5 if (u, v) in bold else 1) for (u, v), w in zip(g.edges(), widths)]
+        biggest = max(1e-9, e["size"].max()) if len(e) else 1.0
+        widths, colors = [], []
+        for u, v, d in g.edges(data=True):
+            widths.append((0.5 + 3 * abs(d["delta"]) / biggest) * (2.5 if (u, v) in bold else 1))
+            colors.append("tab:red" if d["delta"] > 0 else "tab:blue")
         nx.draw_networkx_edges(g, pos, ax=ax, width=widths, edge_color=colors, alpha=0.6, arrowsize=8,
                                connectionstyle="arc3,rad=0.08")
         nx.draw_networkx_nodes(g, pos, ax=ax, node_size=[260 if n in sources else 70 for n in g.nodes()],
@@ -77,33 +89,31 @@ def pathway_graph(edges: pd.DataFrame, paths: pd.DataFrame, out: str | os.PathLi
                                edgecolors=["black" if n in sources else "0.5" for n in g.nodes()])
         labels = {n: n for n in g.nodes() if n in sources or g.degree(n) > 1 or g.number_of_nodes() <= 40}
         nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=6)
-    layers = sorted({d["layer"] for _, d in g.nodes(data=True)})
-    if g.number_of_nodes():
-        for layer in layers:  # each column named by its layer
+        for layer in sorted(per_layer):  # each column named by its layer
             xs = [pos[n][0] for n, d in g.nodes(data=True) if d["layer"] == layer]
             ax.text(float(np.mean(xs)), 0.0, f"L{layer}", transform=ax.get_xaxis_transform(), ha="center",
                     va="top", fontsize=9)
+        ax.set_yticks([])
+    else:
+        ax.set_xlabel("no edge", fontsize=8)
+        ax.set_axis_off()
     title = f"{'every source' if source is None else source}: {g.number_of_edges()} edges"
     title += f" ({left} weaker ones left out)" if left else ""
     ax.set_title(title + "; red: up, blue: down, width: |delta|, bold: mediated chain, gold: source", fontsize=8)
-    if not layers:
-        ax.set_xlabel("no edge", fontsize=8)
-    ax.set_axis_off() if not layers else ax.set_yticks([])
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    fig.savefig(out, format=fmt)  # None: the suffix says the format
-    plt.close(fig)
+    savefig(fig, out)
     return left
 
 
 def behaviour_plot(behaviour: pd.DataFrame, feature: str, out: str | os.PathLike[str]) -> None:
     """A source's stop rate among valid answers with Wilson intervals, per condition (controls
     included) and prompt, beside the baseline's; the valid share under each bar."""
-    plt = _plt()
+    plt = pyplot()
     b = behaviour[behaviour["feature"] == feature]
     prompts = sorted(b["prompt_id"].unique())
-    conds = sorted(b["condition"].unique(), key=lambda c: (c.startswith("random") or c == "sham", c))
+    conds = sorted(b["condition"].unique(), key=lambda c: (control_of(c) != "real", c))
     fig, axes = plt.subplots(1, max(1, len(prompts)), figsize=(3.2 * max(1, len(prompts)), 3.4), sharey=True,
                              squeeze=False)
     for ax, p in zip(axes[0], prompts):
@@ -114,7 +124,7 @@ def behaviour_plot(behaviour: pd.DataFrame, feature: str, out: str | os.PathLike
         lo = [base["stop_rate_baseline_lo"], *rows["stop_rate_lo"]]
         hi = [base["stop_rate_baseline_hi"], *rows["stop_rate_hi"]]
         err = np.abs(np.array([np.subtract(rates, lo), np.subtract(hi, rates)], dtype=float))
-        ax.bar(xs, np.nan_to_num(rates), color=["0.6"] + ["tab:orange" if c.startswith(("random", "sham"))
+        ax.bar(xs, np.nan_to_num(rates), color=["0.6"] + ["tab:orange" if control_of(c) != "real"
                                                           else "tab:purple" for c in conds])
         ax.errorbar(xs, np.nan_to_num(rates), yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=2)
         valid = [base["valid_rate_baseline"], *rows["valid_rate"]]
@@ -126,8 +136,7 @@ def behaviour_plot(behaviour: pd.DataFrame, feature: str, out: str | os.PathLike
     axes[0][0].set_ylabel("stop rate among valid answers\n(95% Wilson; valid share on top)", fontsize=7)
     fig.suptitle(f"{feature}: decisions under each condition against the same seeds unpatched", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out)  # the suffix says the format
-    plt.close(fig)
+    savefig(fig, out)
 
 
 def top_edges(edges: pd.DataFrame, source: str, n: int = 25) -> pd.DataFrame:
@@ -140,12 +149,12 @@ def top_edges(edges: pd.DataFrame, source: str, n: int = 25) -> pd.DataFrame:
 
 
 def report_figures(edges: pd.DataFrame, paths: pd.DataFrame, behaviour: pd.DataFrame, sources: list[str],
-                   out_dir: str | os.PathLike[str]) -> None:
+                   out_dir: str | os.PathLike[str], cap: int = 120) -> None:
     """Every source's graph, decisions and top edges (SVG, SVG, HTML) into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for s in sources:
-        pathway_graph(edges, paths, out / f"{s}.graph.svg", source=s)
+        pathway_graph(edges, paths, out / f"{s}.graph.svg", source=s, cap=cap)
         behaviour_plot(behaviour, s, out / f"{s}.decisions.svg")
         html_table(top_edges(edges, s), out / f"{s}.edges.html",
                    empty="no edge from this source passed the thresholds")

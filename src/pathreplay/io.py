@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,15 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     if Path(path).suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path, sep="\t")
+
+
+def read_tables(paths: Sequence[str | os.PathLike[str]], empty: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The tables at `paths` one under another (empty ones left out, as pandas asks); `empty`
+    (default: no columns) when every one is empty."""
+    frames = [f for f in map(read_table, paths) if len(f)]
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    return pd.DataFrame() if empty is None else empty
 
 
 def iter_jsonl(path: str | os.PathLike[str], what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:

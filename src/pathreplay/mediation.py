@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .coupled import forced_tokens
+from .coupled import baseline_tokens, forced_tokens
 from .plan import CaptureSpec, Job
-from .replay import ReplaySettings, batches, engine
+from .replay import ReplaySettings, batches, engine, job_patch
 from .runtime.generate import generate
 from .runtime.patch import Interventions, Patch
 from .sae import Feature
@@ -48,9 +48,10 @@ def _forced_means(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, 
     gen = generate(model, tok, [j.text for j in jobs], [j.seed for j in jobs], max_new_tokens=s.max_new_tokens,
                    temperature=s.temperature, interventions=iv, engine=eng, forced=forced)
     keep = torch.tensor(CaptureSpec.parse(s.capture).positions(s.max_new_tokens), dtype=torch.long)
+    states = {b: iv.states(b).float() for b in {r.block for r in read}}
     out = {}
     for r in read:
-        vals = r.feature.value(iv.states(r.block).float())  # [rows, 1 + steps]
+        vals = r.feature.value(states[r.block])  # [rows, 1 + steps]
         steps = vals.shape[1] - 1
         k = keep[keep < steps]
         own = k[None, :] < (gen.lengths[:, None] - 1)
@@ -62,15 +63,15 @@ def _forced_means(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, 
 
 
 def chain_trials(model: Any, tok: Any, a: Slice, mids: Sequence[Slice], ends: Sequence[Slice], jobs: Sequence[Job],
-                 base: pd.DataFrame, s: ReplaySettings) -> pd.DataFrame:
+                 tokens: pd.Series, s: ReplaySettings) -> pd.DataFrame:
     """Per trial of A's jobs (one condition): C's reference, total and, per B, direct measure,
-    for every C of `ends` (long format: b, c, trial, prompt_id, total, direct)."""
+    for every C of `ends` (long format: b, c, trial, prompt_id, total, direct); `tokens`: the
+    baseline's (coupled.baseline_tokens)."""
     eng = engine(model, tok, jobs, s)
     rows = []
     for part in batches(jobs, s.batch_size):
-        forced = forced_tokens(base, part, s.max_new_tokens, tok.pad_token_id)
-        values = torch.tensor([j.value for j in part])
-        pa = Patch(a.block, a.feature, values, s.mode, s.positions)
+        forced = forced_tokens(tokens, part, s.max_new_tokens, tok.pad_token_id)
+        pa = job_patch(part, a.block, a.feature, s)
         ref = _forced_means(model, tok, part, s, eng, [], forced, [*mids, *ends])
         tot = _forced_means(model, tok, part, s, eng, [pa], forced, ends)
         for b in mids:
@@ -85,7 +86,8 @@ def chain_trials(model: Any, tok: Any, a: Slice, mids: Sequence[Slice], ends: Se
 
 
 def share_interval(total: np.ndarray, direct: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of 1 - mean(direct) / mean(total) over trials."""
+    """95% bootstrap interval of 1 - mean(direct) / mean(total) over trials, from the resamples
+    whose mean total is not 0 (NaN when none is)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(total), size=(BOOT, len(total)))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -99,9 +101,9 @@ def summarise(chains: pd.DataFrame, per_trial: pd.DataFrame, alpha: float, min_d
     share with its interval, the indirect effect's p and q (BH over the chains) and `mediated`:
     q < alpha, |indirect| > min_delta, and the indirect effect of the total's sign."""
     rows = []
+    by_chain = dict(list(per_trial.groupby(["a", "b", "c", "condition"])))
     for ch in chains.itertuples():
-        t = per_trial[(per_trial["b"] == ch.b) & (per_trial["c"] == ch.c) & (per_trial["a"] == ch.a)
-                      & (per_trial["condition"] == ch.condition)]
+        t = by_chain.get((ch.a, ch.b, ch.c, ch.condition), per_trial.iloc[:0])
         total, direct = t["total"].to_numpy(), t["direct"].to_numpy()
         indirect = total - direct
         p, test = paired_p(indirect[:, None]) if len(t) else (np.array([np.nan]), np.array(["none"]))
@@ -124,11 +126,12 @@ def mediate(model: Any, tok: Any, chains: pd.DataFrame, slices: Mapping[str, Sli
             alpha: float, min_delta: float) -> pd.DataFrame:
     """paths.tsv for `chains` (pathways.chains): per (A, condition), the forced runs of every B
     and C of A's chains; `slices` name every A, B and C; `jobs_of[(A, condition)]` are A's jobs."""
+    tokens = baseline_tokens(base)
     parts = []
     for (a, cond), g in chains.groupby(["a", "condition"], sort=False):
         mids = [slices[b] for b in sorted(set(g["b"]))]
         ends = [slices[c] for c in sorted(set(g["c"]))]
-        t = chain_trials(model, tok, slices[a], mids, ends, jobs_of[(a, cond)], base, s)
+        t = chain_trials(model, tok, slices[a], mids, ends, jobs_of[(a, cond)], tokens, s)
         parts.append(t.assign(a=a, condition=cond))
     per_trial = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["a", "b", "c", "condition", "total", "direct"])

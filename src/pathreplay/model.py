@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import fail
+from .errors import fail, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Device = Literal["auto", "cpu", "cuda"]
@@ -36,7 +36,7 @@ def load_model(path: str, dtype: str = "float32", device: Device = "auto",
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
         where = "a local folder" if local else "a hub id (is it downloaded, and HF_TOKEN set?)"
-        fail(f"model.path={path!r}", f"cannot load it as {where}: {str(e).splitlines()[0]}",
+        fail(f"model.path={path!r}", f"cannot load it as {where}: {first_line(e)}",
              "point model.path at a folder with config.json, weights and tokenizer files")
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -57,9 +57,12 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+DECODER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers")
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's list of decoder blocks, whatever the architecture calls it."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+    """The model's list of decoder blocks, whatever the architecture calls it (DECODER_PATHS)."""
+    for path in DECODER_PATHS:
         obj: object = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
@@ -68,17 +71,17 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise TypeError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
-def check_prompt_lengths(prompts: Sequence[Any], where: str, model_path: str, max_new_tokens: int,
-                         trust_remote_code: bool = False) -> None:
+def check_prompt_lengths(prompts: Sequence[Any], where: str, model_path: str, max_new_tokens: int) -> None:
     """Refuse, before any GPU work, prompts which the model cannot hold together with their
-    generation. Loads the tokenizer and config only."""
+    generation. Loads the tokenizer and config only, and runs no custom code (a model that
+    needs it is checked in its jobs)."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+        cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=False)
     except OSError as e:
-        fail(f"model.path={model_path!r}", f"cannot read its tokenizer and config: {str(e).splitlines()[0]}",
+        fail(f"model.path={model_path!r}", f"cannot read its tokenizer and config: {first_line(e)}",
              "point model.path at a folder with config.json and tokenizer files, or a reachable hub id")
     ctx = getattr(cfg, "max_position_embeddings", None)
     for q in prompts:
@@ -105,17 +108,17 @@ def check_model(path: str, blocks: Sequence[int], d_model: int, trust_remote_cod
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
     except OSError as e:
-        fail(where, f"cannot read its config: {str(e).splitlines()[0]}",
+        fail(where, f"cannot read its config: {first_line(e)}",
              "point model.path at a folder with config.json, or a reachable hub id")
     except ValueError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         fix = ("set model.trust_remote_code: true if you trust its code" if "trust_remote_code" in str(e)
                else "use a causal LM that transformers can build")
         fail(where, f"cannot be built from its config ({first})", fix)
     try:
         n = len(decoder_layers(model))
     except TypeError as e:
-        fail(where, str(e), "use a model whose blocks are model.layers, transformer.h or gpt_neox.layers")
+        fail(where, str(e), f"use a model whose blocks are one of {', '.join(DECODER_PATHS)}")
     beyond = [b for b in blocks if b >= n]
     if beyond:
         fail("saes.layers", f"blocks {beyond} are past the model's {n} blocks (0..{n - 1})",

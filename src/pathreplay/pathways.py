@@ -9,7 +9,7 @@ import pandas as pd
 
 from .effects import COLUMNS
 from .features import feature_name
-from .stats import bh, ks_uniform
+from .stats import bh_with_controls, ks_uniform
 
 EDGE_KEY = ["source_layer", "source_feature", "condition", "target_layer", "target_feature"]
 NULL_COLUMNS = ["source", "contrast", "scope", "tests", "discoveries", "discoveries_within_source", "min_q",
@@ -20,16 +20,8 @@ CHAIN_COLUMNS = ["path", "scope", "condition", "a", "b", "c", "delta_ab", "q_ab"
 def run_wide(effects: pd.DataFrame) -> pd.DataFrame:
     """q_value: BH over every real test of the run (all sources, scopes and layers); each
     control's tests (sham, placebo, random: over all sources) held to a family of that size."""
-    q = np.full(len(effects), np.nan)
     kind = effects["control"].to_numpy()
-    p = effects["p_value"].to_numpy(float)
-    real = kind == "real"
-    q[real] = bh(p[real])
-    m = int((~np.isnan(p[real])).sum())
-    for k in ("sham", "placebo", "random"):
-        sel = kind == k
-        q[sel] = bh(p[sel], m=max(m, int((~np.isnan(p[sel])).sum())))
-    return effects.assign(q_value=q)
+    return effects.assign(q_value=bh_with_controls(effects["p_value"].to_numpy(float), kind, kind == "real"))
 
 
 def significant(rows: pd.DataFrame, alpha: float, min_delta: float) -> pd.Series:

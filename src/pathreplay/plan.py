@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -72,19 +72,29 @@ def check_targets(table: pd.DataFrame, conditions: Sequence[Condition], threshol
                      "for any value), or leave the feature out")
 
 
+def _filters(table: pd.DataFrame, sae_layers: Sequence[int], layers: Sequence[int] | None,
+             labels: Sequence[str] | None, min_abs_d: float) -> list[tuple[str, Callable[[pd.DataFrame], Any]]]:
+    """The selection's filters in turn: (why a feature is left out, the rows it keeps)."""
+    out: list[tuple[str, Callable[[pd.DataFrame], Any]]] = [
+        ("at or past the last SAE layer (nothing downstream to read)", lambda x: x["layer"] < max(sae_layers))]
+    if layers:
+        out.append((f"not in select.layers {list(layers)}", lambda x: x["layer"].isin(layers)))
+    if labels:
+        out.append((f"not labelled {list(labels)} (labels here: {sorted(set(table['label'].astype(str)))})",
+                    lambda x: x["label"].isin(labels)))
+    out.append((f"|cohen_d| below select.min_abs_d {min_abs_d}", lambda x: x["cohen_d"].abs() >= min_abs_d))
+    return out
+
+
 def select_features(table: pd.DataFrame, *, top_n: int, shard_size: int, sae_layers: Sequence[int],
                     layers: Sequence[int] | None = None, labels: Sequence[str] | None = None,
                     per_layer_cap: int | None = None, min_abs_d: float = 0.0) -> pd.DataFrame:
     """Top features by |cohen_d| after the filters, with a rank and a shard each.
 
     Features at the last SAE layer are left out: nothing downstream of them can be read."""
-    t = table.copy()
-    t = t[t["layer"] < max(sae_layers)]
-    if layers:
-        t = t[t["layer"].isin(layers)]
-    if labels:
-        t = t[t["label"].isin(labels)]
-    t = t[t["cohen_d"].abs() >= min_abs_d]
+    t = table
+    for _, keep in _filters(table, sae_layers, layers, labels, min_abs_d):
+        t = t[keep(t)]
     t = t.assign(abs_d=t["cohen_d"].abs()).sort_values(["abs_d", "layer", "feature_id"],
                                                        ascending=[False, True, True])
     if per_layer_cap:
@@ -96,22 +106,24 @@ def select_features(table: pd.DataFrame, *, top_n: int, shard_size: int, sae_lay
     return t
 
 
-def empty_selection(table: pd.DataFrame, sel: Mapping[str, Any], sae_layers: Sequence[int]) -> str:
-    """Why a selection came out empty: how many of the table's features each filter removed."""
-    t, why = table, []
-    for what, keep in (
-        ("at or past the last SAE layer (nothing downstream to read)", lambda x: x["layer"] < max(sae_layers)),
-        (f"not in select.layers {list(sel['layers'])}", lambda x: x["layer"].isin(sel["layers"]) if sel["layers"] else
-         x["layer"] == x["layer"]),
-        (f"not labelled {list(sel['labels'])} (labels here: {sorted(set(table['label'].astype(str)))})",
-         lambda x: x["label"].isin(sel["labels"]) if sel["labels"] else x["label"] == x["label"]),
-        (f"|cohen_d| below select.min_abs_d {sel['min_abs_d']}", lambda x: x["cohen_d"].abs() >= sel["min_abs_d"]),
-    ):
-        kept = t[keep(t)]
-        if len(kept) < len(t):
-            why.append(f"{len(t) - len(kept)} {what}")
-        t = kept
-    return f"{len(table)} features: " + "; ".join(why) if why else f"{len(table)} features"
+def select_or_fail(table: pd.DataFrame, sel: Mapping[str, Any], sae_layers: Sequence[int], where: str
+                   ) -> pd.DataFrame:
+    """select_features with the config's `select` section; an empty selection is one line that
+    says how many of the table's features each filter removed."""
+    kept = select_features(table, top_n=sel["top_n"], shard_size=sel["shard_size"], sae_layers=sae_layers,
+                           layers=sel["layers"] or None, labels=sel["labels"] or None,
+                           per_layer_cap=sel["per_layer_cap"] or None, min_abs_d=sel["min_abs_d"])
+    if kept.empty:
+        t, why = table, []
+        for what, keep in _filters(table, sae_layers, sel["layers"], sel["labels"], sel["min_abs_d"]):
+            left = t[keep(t)]
+            if len(left) < len(t):
+                why.append(f"{len(t) - len(left)} {what}")
+            t = left
+        counts = f"{len(table)} features" + (": " + "; ".join(why) if why else "")
+        fail("select", f"no feature of {where} passes the selection ({counts})",
+             "loosen select.layers, select.labels or select.min_abs_d")
+    return kept
 
 
 def stable_seed(*parts: Any) -> int:

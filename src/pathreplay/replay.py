@@ -53,7 +53,7 @@ class ReplayResult(NamedTuple):
 
     trials: pd.DataFrame
     states: dict[int, torch.Tensor]
-    sample: dict[int, torch.Tensor] = {}
+    sample: dict[int, torch.Tensor]
 
 
 class Batch(NamedTuple):
@@ -116,24 +116,27 @@ def run_batch(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, eng:
             rec["top_tokens"] = [tok.decode([t]) for t in gen.top_ids[r].tolist()]
             rec["top_logprobs"] = gen.top_logprobs[r].tolist()
         records.append(rec)
-    return Batch(records, {b: x.half() for b, x in kept.items()}, {b: x[:1] for b, x in kept.items()}, stats)
+    return Batch(records, {b: k[0] for b, k in kept.items()}, {b: k[1] for b, k in kept.items()}, stats)
 
 
-def _kept(st: torch.Tensor, keep: Sequence[int], n_valid: torch.Tensor, where: str) -> torch.Tensor:
-    """The last prompt position and the kept generated positions in float32, zero past a row's
-    own tokens; a non-finite state, or one fp16 storage cannot hold, stops the job with one line."""
+def _kept(st: torch.Tensor, keep: Sequence[int], n_valid: torch.Tensor, where: str
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last prompt position and the kept generated positions, zero past a row's own tokens,
+    in fp16, with the first row also in float32 (a copy, so the float32 batch is let go); a
+    non-finite state, or one fp16 storage cannot hold, stops the job with one line."""
     out = torch.zeros(st.shape[0], 1 + len(keep), st.shape[-1])
     out[:, 0] = st[:, 0].float()
     for k, p in enumerate(keep):
         if 1 + p < st.shape[1]:
             out[:, 1 + k] = st[:, 1 + p].float()
     out[:, 1:] *= (torch.arange(len(keep))[None, :] < n_valid[:, None])[..., None]
-    if not torch.isfinite(out.half()).all():
-        bad = int((~torch.isfinite(out.half())).sum())
+    half = out.half()
+    if not torch.isfinite(half).all():
+        bad = int((~torch.isfinite(half)).sum())
         why = "the model's states are not finite" if not torch.isfinite(out).all() else "states exceed fp16's range"
         fail(where, f"{bad} captured values are inf or NaN ({why})",
              "check the model and SAE weights for NaN/inf and the patch targets' size, or load the model in float32")
-    return out
+    return half, out[:1].clone()
 
 
 def _fidelity(stats: torch.Tensor, lengths: torch.Tensor) -> dict[str, list[float]]:
@@ -180,13 +183,16 @@ def run_jobs(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, *,
     progress = Progress(len(parts), desc)
     done = []
     for part in parts:
-        patches = []
-        if feature is not None and block is not None:
-            values = torch.tensor([j.value for j in part], dtype=torch.float32)
-            patches = [Patch(block, feature, values, s.mode, s.positions, sae)]
+        patches = [job_patch(part, block, feature, s, sae)] if feature is not None and block is not None else []
         done.append(progress(run_batch(model, tok, part, s, eng, patches=patches, where=desc)))
     progress.close()
     return from_batches(done, s.capture_layers)
+
+
+def job_patch(jobs: Sequence[Job], block: int, feature: Feature, s: ReplaySettings, sae: SAE | None = None) -> Patch:
+    """The settings' patch of `feature` at `block`, each row to its job's value."""
+    return Patch(block, feature, torch.tensor([j.value for j in jobs], dtype=torch.float32), s.mode, s.positions,
+                 sae)
 
 
 def from_batches(done: Sequence[Batch], layers: Sequence[int]) -> ReplayResult:
@@ -211,7 +217,7 @@ def stack_results(results: Sequence[ReplayResult], layers: Sequence[int]) -> Rep
         offset += len(r.trials)
     return ReplayResult(pd.concat(parts, ignore_index=True),
                         {b: torch.cat([r.states[b] for r in results]) for b in layers},
-                        {b: torch.cat([r.sample[b] for r in results if b in r.sample]) for b in layers})
+                        {b: torch.cat([r.sample[b] for r in results]) for b in layers})
 
 
 def write_result(res: ReplayResult, layers: Sequence[int], state_paths: Sequence[str], trials_path: str) -> None:
@@ -219,6 +225,6 @@ def write_result(res: ReplayResult, layers: Sequence[int], state_paths: Sequence
     generated positions and the float32 sample) and the trial table, each written atomically."""
     n_pos = torch.tensor(res.trials["n_positions"].to_numpy(), dtype=torch.int32)
     for b, path in zip(layers, state_paths, strict=True):
-        extra = {"sample32": res.sample[b]} if b in res.sample else {}
-        write_tensors({"states": res.states[b], "n_positions": n_pos, **extra}, path, metadata={"layer": str(b)})
+        write_tensors({"states": res.states[b], "n_positions": n_pos, "sample32": res.sample[b]}, path,
+                      metadata={"layer": str(b)})
     write_table(res.trials, trials_path)

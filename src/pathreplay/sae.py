@@ -10,11 +10,12 @@ load one feature's slice instead of the whole SAE.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from .errors import fail
+from .features import feature_name
 from .sae_files import SAEMeta, exact_tensors, read_meta, sae_dir
 
 
@@ -120,3 +121,17 @@ class SAESource(NamedTuple):
     def feature(self, layer: int, index: int, device: str | torch.device = "cpu") -> Feature:
         return load_feature(self.folder(layer), self.format, layer, index, device)
 
+    def slices(self, table: Any, device: str | torch.device = "cpu") -> dict[str, tuple[int, Feature]]:
+        """name -> (block, feature slice) for every row of a table with layer and feature_id."""
+        out = {}
+        for row in table.itertuples():
+            layer = int(row.layer)
+            name = feature_name(layer, row.feature_id)
+            feat = self.feature(layer, int(row.feature_id), device)
+            if feat.gain < 0.05:
+                # Moving along the decoder row barely moves (or lowers) what the encoder reads: a clamp
+                # along it would need an enormous step. This is a broken or mismatched SAE.
+                fail(f"saes.path={self.path!r}", f"feature {name}'s encoder reads its own decoder row at "
+                     f"gain {feat.gain:.3g}", "check saes.format and the SAE files")
+            out[name] = (layer, feat)
+        return out

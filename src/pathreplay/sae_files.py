@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from .errors import UserError, fail
+from .errors import UserError, fail, first_line
 
 FORMATS = ("llamascope", "saelens", "gemmascope")
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(post|pre)$")
@@ -79,6 +80,7 @@ def sae_dir(template: str, layer: int) -> Path:
          "point saes.path at the per-layer folders (with {layer}) or list only existing saes.layers")
 
 
+@cache  # one download check per folder and process, however many features a job reads from it
 def _from_hub(repo_id: str, subfolder: str) -> Path:
     # Real users name hub repos; tests and the demo never get here (no network).
     from huggingface_hub import snapshot_download
@@ -269,7 +271,7 @@ def exact_tensors(meta: SAEMeta, index: int | None, device: str | torch.device =
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - safetensors' own error type for a bad header or size
-            fail(str(f), f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            fail(str(f), f"cannot be read ({first_line(e)})",
                  "the file is truncated or corrupt: download it again")
     return Exact(*(v.to(device) for v in out))
 
@@ -295,6 +297,6 @@ def nonfinite_weights(meta: SAEMeta, rows: int = 4096) -> dict[str, int]:
                     bad += int((~torch.isfinite(t.float())).sum())
                 out[name] = bad
     except Exception as e:  # noqa: BLE001 - safetensors' and numpy's errors for a short or corrupt file
-        fail(str(f), f"cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+        fail(str(f), f"cannot be read ({first_line(e)})",
              "the file is truncated or corrupt: download it again")
     return out

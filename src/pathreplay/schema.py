@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .errors import first_line
+
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -30,4 +32,4 @@ def schema_message(err: BaseException) -> str:
     if hasattr(cause, "absolute_path") and hasattr(cause, "message"):
         key = ".".join(map(str, cause.absolute_path)) or "(top level)"
         return f"config {key}: {cause.message}; see config/README.md for what it takes"
-    return str(err).strip().splitlines()[0]
+    return first_line(err)

@@ -50,6 +50,20 @@ def bh(p: np.ndarray, groups: np.ndarray | None = None, m: int | None = None) ->
     return q
 
 
+def bh_with_controls(p: np.ndarray, family: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """BH q-values: the real tests (`real`) as one family, and the rest per `family` label, each
+    control family held to the real family's size (or its own where larger), so a control
+    discovers only what the real analysis would at the same p."""
+    p, family, real = np.asarray(p, float), np.asarray(family), np.asarray(real, bool)
+    q = np.full(len(p), np.nan)
+    q[real] = bh(p[real])
+    m = int((~np.isnan(p[real])).sum())
+    for f in pd.unique(family[~real]):
+        sel = ~real & (family == f)
+        q[sel] = bh(p[sel], m=max(m, int((~np.isnan(p[sel])).sum())))
+    return q
+
+
 EXACT_FLIPS = 12  # up to this many non-zero differences a sign-flip test enumerates every pattern
 DRAWS = 4095  # random sign patterns above that
 T_FROM = 30  # from this many non-zero differences on, the paired t-test
@@ -91,7 +105,10 @@ def paired_p(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     differences: nothing to test."""
     n = d.shape[0]
     k = (d != 0).sum(0)
-    flip, exact = sign_flip_p(d)
+    small = k < T_FROM  # only these columns use the sign-flip test: the rest skip its draws
+    flip, exact = np.full(d.shape[1], np.nan), k <= EXACT_FLIPS
+    if small.any():
+        flip[small] = sign_flip_p(d[:, small])[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         sd = d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1])
         t = d.mean(0) / (sd / np.sqrt(n))

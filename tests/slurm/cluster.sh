@@ -8,10 +8,15 @@ set -euo pipefail
 cmd=${1:?install|start|stop}
 
 if [ "$cmd" = install ]; then
-  if ! command -v slurmctld >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
-  fi
+  # Every command the tier runs, not one: a box with a half-removed SLURM gets it back.
+  for c in slurmctld slurmd sinfo scontrol squeue sbatch scancel sacct munged; do
+    if ! command -v "$c" >/dev/null && [ ! -x "/usr/sbin/$c" ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall \
+        slurm-wlm slurm-client slurmctld slurmd munge >/dev/null
+      break
+    fi
+  done
   exit 0
 fi
 

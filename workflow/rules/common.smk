@@ -1,6 +1,8 @@
 # Shared setup: the config checked once, the params each rule's job reads, and the input
 # functions that read the selection checkpoints. Included first by the Snakefile.
+import os
 import sys
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ REPO = Path(workflow.basedir)
 try:
     from pathreplay.config import check_config, replay_estimate
     from pathreplay.errors import UserError, run_cli
+    from pathreplay.prompts import SAFE_ID
     from pathreplay.schema import SCHEMA, schema_message
     from pathreplay.words.logs import log_paths
     from pathreplay.words.settings import words_config
@@ -33,14 +36,14 @@ def _check_config():
     except WorkflowError as err:
         raise UserError(schema_message(err)) from err
     main = workflow.is_main_process
-    check_config(
+    checked = check_config(
         config,
         REPO,
         jobs_here=workflow.local_exec,
         cache=Path(".snakemake") / "pathreplay-weights.json",
         full=main,
     )
-    return replay_estimate(config) if main else ""
+    return replay_estimate(config, checked) if main else ""
 
 
 ESTIMATE = run_cli(_check_config)
@@ -64,7 +67,7 @@ wildcard_constraints:
     layer=r"\d+",
     shard=r"s\d+",
     feature=r"L\d+-\d+",
-    prompt=r"[A-Za-z0-9_.-]+",
+    prompt=SAFE_ID.pattern.strip("^$"),
 
 
 # --- params: each job gets only the keys it reads, so changing a key reruns only its readers ---
@@ -130,8 +133,15 @@ def table_columns(path):
     )
 
 
+@cache
+def _read_plan(path, mtime_ns):
+    return pd.read_csv(path, sep="\t")
+
+
 def _plan():
-    return pd.read_csv(checkpoints.select_prompts.get().output.plan, sep="\t")
+    """The replay plan, read once per version of the file however many jobs ask for it."""
+    path = checkpoints.select_prompts.get().output.plan
+    return _read_plan(path, os.stat(path).st_mtime_ns)
 
 
 def replay_shards(wildcards=None):

@@ -3,7 +3,7 @@ import logging
 import pandas as pd
 
 from pathreplay.features import parse_feature_name
-from pathreplay.io import read_table, write_table
+from pathreplay.io import read_tables, write_table
 from pathreplay.mediation import PATH_COLUMNS, Slice, mediate
 from pathreplay.plan import parse_conditions, patched_jobs
 from pathreplay.prompts import read_prompts
@@ -23,8 +23,7 @@ def main(sm):
     prompts = {q.id: q for q in read_prompts(sm.input.prompts)}
     plan = pd.read_csv(sm.input.plan, sep="\t")
     selected = pd.read_csv(sm.input.selected, sep="\t").set_index("feature")
-    base = pd.concat([read_table(f) for f in sm.input.baseline], ignore_index=True)
-    base = base[base["condition"] == "baseline"]
+    base = read_tables(sm.input.baseline)
     conditions = {c.name: c for c in parse_conditions(p.conditions)}
     model, tok = open_model(p.device, **p.model)
     dev = next(model.parameters()).device

@@ -1,8 +1,7 @@
 import pandas as pd
 
 from pathreplay.coupled import run_features
-from pathreplay.features import feature_slices
-from pathreplay.io import read_table
+from pathreplay.io import read_tables
 from pathreplay.plan import parse_conditions
 from pathreplay.prompts import read_prompts
 from pathreplay.replay import ReplaySettings, write_result
@@ -17,11 +16,11 @@ def main(sm):
     plan = pd.read_csv(sm.input.plan, sep="\t")
     plan = plan[plan["shard"] == sm.wildcards.shard]
     selected = pd.read_csv(sm.input.selected, sep="\t").set_index("feature").loc[plan["feature"].unique()]
-    baseline = pd.concat([read_table(f) for f in sm.input.baseline], ignore_index=True)
+    baseline = read_tables(sm.input.baseline)
     model, tok = open_model(p.device, **p.model)
     dev = next(model.parameters()).device
     saes = SAESource(**p.saes)
-    feats = feature_slices(saes, selected.reset_index(), dev)
+    feats = saes.slices(selected.reset_index(), dev)
     res = run_features(model, tok, selected, plan, prompts, feats, parse_conditions(p.conditions), p.trials, p.seed,
                        settings, baseline, saes=saes, device=dev)
     write_result(res, settings.capture_layers, sm.output.states, sm.output.trials)

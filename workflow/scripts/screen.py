@@ -1,4 +1,4 @@
-from pathreplay.features import feature_slices, read_feature_table
+from pathreplay.features import read_feature_table
 from pathreplay.io import write_table
 from pathreplay.plan import check_targets, parse_conditions, select_features
 from pathreplay.prompts import read_prompts
@@ -18,7 +18,7 @@ def main(sm):
         prompts = [known[i] for i in s["prompts"]]
     model, tok = open_model(p.device, **p.model)
     dev = next(model.parameters()).device
-    feats = feature_slices(SAESource(**p.saes), candidates, dev)
+    feats = SAESource(**p.saes).slices(candidates, dev)
     conds = parse_conditions(s["conditions"], "screen.conditions")
     if p.settings["mode"] == "clamp":  # a clamp's targets must be readable: refused before any patch
         check_targets(candidates, conds, {n: f.threshold for n, (_, f) in feats.items()}, "screen.conditions")

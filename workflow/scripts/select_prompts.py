@@ -2,7 +2,6 @@ import logging
 
 import pandas as pd
 
-from pathreplay.features import feature_slices
 from pathreplay.io import write_table
 from pathreplay.plan import prompts_for_features
 from pathreplay.prompts import read_prompts
@@ -18,7 +17,7 @@ def main(sm):
     activations = None
     if p.strategy == "top_activation" and len(selected):
         model, tok = open_model(p.device, **p.model)
-        feats = feature_slices(SAESource(**p.saes), selected, next(model.parameters()).device)
+        feats = SAESource(**p.saes).slices(selected, next(model.parameters()).device)
         activations = last_position_values(model, tok, [q.text for q in prompts], feats)
     plan = prompts_for_features(selected, prompts, p.per_feature, p.strategy, activations)
     plan = plan.merge(selected[["feature", "layer", "feature_id", "shard"]], on="feature")

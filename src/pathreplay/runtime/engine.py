@@ -233,7 +233,7 @@ class Engine:
             self._graph_version = self.store.version
         key = (rows.tok.shape[0], L, rows.temperature, rows.pad, rows.forced is not None) + (
             () if iv is None else (tuple(iv.capture_blocks), tuple(
-                (p.block, p.mode, p.positions, p.values.dim(), p.feature.index, p.feature.b, p.feature.threshold,
+                (p.block, p.mode, p.positions, p.feature.index, p.feature.b, p.feature.threshold,
                  id(p.sae)) for p in iv.patches)))
         if key in self._graphs:
             self._graphs[key][0].replay()

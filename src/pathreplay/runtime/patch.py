@@ -150,8 +150,11 @@ class Interventions:
             f = p.feature
             self._dirs[j] = store.put(f"iv.dir.{j}", vector(p).to(device, torch.float32))
             f = f._replace(w=store.put(f"iv.w.{j}", f.w.to(device, torch.float32)))  # a step reads w alone
-            self.patches[j] = p._replace(feature=f, values=store.put(
-                f"iv.values.{j}", p.values.to(device, torch.float32)))
+            # one value per row is widened to one per step, so the slot keeps its shape (and the
+            # engine its CUDA graphs) whichever patch comes next
+            v = p.values.to(device, torch.float32)
+            v = v[:, None].expand(-1, steps + 1) if v.dim() == 1 else v
+            self.patches[j] = p._replace(feature=f, values=store.put(f"iv.values.{j}", v))
 
     def _direction(self, j: int, device: torch.device) -> torch.Tensor:
         if j not in self._dirs:

@@ -29,7 +29,7 @@ class Counts(NamedTuple):
     groups: pd.DataFrame  # gid, layer, feature_id, context, condition, level, n
     docs: pd.DataFrame  # gid, text, word (id), docs
     keys: list[str]  # word id -> grouping key
-    forms: list[list[str]]  # word id -> surface forms, most frequent first
+    forms: list[list[str]]  # word id -> surface forms, shortest first
 
 
 class WordCounter:

@@ -30,6 +30,11 @@ def _const(value: str, n: int) -> np.ndarray:
     return np.full(n, value, dtype=object)
 
 
+def _in_context(groups: pd.DataFrame, c: Contrast) -> pd.DataFrame:
+    """The groups a contrast reads: its context's, or every context's."""
+    return groups if c.context is None else groups[groups.context == c.context]
+
+
 def _pairs(g: pd.DataFrame, c: Contrast) -> pd.DataFrame:
     """(feature, context) with their patched and baseline group; a feature without its own
     baseline uses the context's shared one (layer -1, as the replay logs its baselines)."""
@@ -47,7 +52,7 @@ def _pairs(g: pd.DataFrame, c: Contrast) -> pd.DataFrame:
 
 
 def _pairwise(counts: Counts, c: Contrast, cfg: WordsConfig) -> pd.DataFrame | None:
-    g = counts.groups if c.context is None else counts.groups[counts.groups.context == c.context]
+    g = _in_context(counts.groups, c)
     pairs = _pairs(g, c)
     if pairs.empty:
         return None
@@ -207,7 +212,7 @@ def untested(counts: Counts, cfg: WordsConfig) -> list[str]:
     g = counts.groups[counts.groups.layer >= 0]
     out = []
     for c in cfg.contrasts:
-        mine = counts.groups if c.context is None else counts.groups[counts.groups.context == c.context]
+        mine = _in_context(counts.groups, c)
         pairs = _pairs(mine, c)
         treated = mine[(mine.condition == c.patched) & (mine.layer >= 0)]
         if not len(treated):

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ..features import feature_name
-from ..io import atomic_dir, write_json, write_table
-from .effects import DTYPES, SORT, empty_effects, relabel
+from ..figures import pyplot, savefig
+from ..io import atomic_dir, read_tables, write_json, write_table
+from .effects import SORT, empty_effects, relabel
 from .settings import ORIGINAL_ALL_KEYS, WordsConfig
 
 
@@ -30,8 +31,8 @@ def _contrast_keys(rows: pd.DataFrame, cfg: WordsConfig) -> dict[str, list[dict]
     for name, part in rows.groupby("contrast", sort=True):
         part = part.sort_values("log_odds_z", key=np.abs, ascending=False)
         sig = part[part.q_value < cfg.alpha]
-        up = sig[sig.log_odds_ratio > 0] if part.kind.iloc[0] == "pairwise" else sig[sig.effect > 0]
-        down = sig[sig.log_odds_ratio < 0] if part.kind.iloc[0] == "pairwise" else sig[sig.effect < 0]
+        sign = sig.log_odds_ratio if part.kind.iloc[0] == "pairwise" else sig.effect
+        up, down = sig[sign > 0], sig[sign < 0]
         out[f"{name}_adds"] = [_entry(r) for r in up.head(cfg.top_words).itertuples()]
         out[f"{name}_removes"] = [_entry(r) for r in down.head(cfg.top_words).itertuples()]
         out[f"{name}_all"] = [_entry(r) for r in part.head(50).itertuples()]
@@ -67,32 +68,26 @@ def label_slots(xs: Sequence[float], ys: Sequence[float], gap: float) -> list[fl
     """Heights for labels of points (xs, ys) so that no two labels closer than `gap` share a height
     band: each label keeps its point's height unless an earlier, higher label is too close, in
     which case it moves down just below that one."""
-    out: list[float] = []
-    placed: list[tuple[float, float]] = []
-    for x, y in sorted(zip(xs, ys), key=lambda t: -t[1]):
-        h = y
-        for px, py in placed:
-            if abs(px - x) < 4 * gap and abs(py - h) < gap:
-                h = py - gap
-        placed.append((x, h))
-        out.append(h)
-    order = sorted(range(len(ys)), key=lambda i: -ys[i])
     heights = [0.0] * len(ys)
-    for rank, i in enumerate(order):
-        heights[i] = out[rank]
+    placed: list[tuple[float, float]] = []
+    for i in sorted(range(len(ys)), key=lambda i: -ys[i]):
+        h = ys[i]
+        for px, py in placed:
+            if abs(px - xs[i]) < 4 * gap and abs(py - h) < gap:
+                h = py - gap
+        placed.append((xs[i], h))
+        heights[i] = h
     return heights
 
 
-def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: WordsConfig, labels: int = 8
-                  ) -> list[Path]:
+LABELS = 8  # top words named per panel
+
+
+def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: WordsConfig) -> list[Path]:
     """One PNG per top feature: log-odds ratio vs -log10 p, a panel per contrast on shared axes,
     each saying how many words it tested and how many are discoveries; the top words labelled
     without overlap, the legend outside the panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; chosen before pyplot loads, which is why both load here
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -106,11 +101,11 @@ def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: W
         for ax, name in zip(axes[0], names):
             part = e[e.contrast == name]
             sig = (part.q_value < cfg.alpha).to_numpy()
-            y = -np.log10(part.p_value.clip(lower=1e-300)).to_numpy()
+            y = y_all[e.contrast == name].to_numpy()
             x = part.log_odds_ratio.to_numpy()
             ax.scatter(x[~sig], y[~sig], s=10, c="0.6", label="q >= alpha")
             ax.scatter(x[sig], y[sig], s=14, c="tab:red", label=f"q < {cfg.alpha:g}")
-            top = np.argsort(-y)[:labels]
+            top = np.argsort(-y)[:LABELS]
             top = top[sig[top]]
             for i, h in zip(top, label_slots(x[top].tolist(), y[top].tolist(), span / 18)):
                 ax.annotate(part.word.iloc[i], (x[i], y[i]), xytext=(x[i], h), fontsize=7, textcoords="data",
@@ -126,8 +121,7 @@ def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: W
         fig.suptitle(f"{feature_name(layer, fid)} ({cfg.texts[0]} text)")
         fig.tight_layout(rect=(0, 0.06, 1, 1))
         path = out_dir / f"{feature_name(layer, fid)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        savefig(fig, path, dpi=110)
         written.append(path)
     return written
 
@@ -135,10 +129,7 @@ def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: W
 def merge_shards(shard_paths: Sequence[str], cfg: WordsConfig, effects_path: str, json_path: str,
                  plot_dir: str) -> pd.DataFrame:
     """Concatenate shard tables and write the three final outputs, each atomically."""
-    parts = [pd.read_parquet(p) for p in shard_paths]
-    parts = [p for p in parts if len(p)]
-    effects = pd.concat(parts, ignore_index=True) if parts else empty_effects()
-    effects = relabel(effects).astype(DTYPES).sort_values(SORT, ignore_index=True)
+    effects = relabel(read_tables(shard_paths, empty_effects())).sort_values(SORT, ignore_index=True)
     write_table(effects, effects_path)
     write_json(causal_json(effects, cfg), json_path)
     with atomic_dir(plot_dir) as tmp:
