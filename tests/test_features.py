@@ -120,7 +120,7 @@ def test_real_exp2_binary_summary() -> None:
 @needs_real
 def test_real_trial_log_is_refused() -> None:
     path = REAL / "exp2_dose_response_trials_sample.jsonl"
-    with pytest.raises(UserError, match="per-trial records.*trial_index.*not a feature table.*features.path"):
+    with pytest.raises(UserError, match="per-trial records.*trial_index.*not a feature table.*features.table"):
         read_feature_table(path)
 
 

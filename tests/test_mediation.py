@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.mediation import PATH_COLUMNS, share_interval, summarise
+from pathreplay.mediation import PATH_COLUMNS, share_interval, summarise, to_mediate
 
 
 def _chain(path="L0-1 -> L1-2 -> L2-3"):
@@ -20,6 +20,15 @@ def _trials(total, direct, path="L0-1 -> L1-2 -> L2-3"):
     n = len(total)
     return pd.DataFrame({"a": a, "b": b, "c": c, "condition": "up", "prompt_id": "p", "trial": range(n),
                          "total": total, "direct": direct})
+
+
+def test_a_chain_found_in_both_scopes_is_mediated_once():
+    two = pd.concat([_chain().assign(scope="generated", q_ab=0.001), _chain(),
+                     _chain("L0-1 -> L1-2 -> L2-9").assign(scope="generated")], ignore_index=True)
+    todo = to_mediate(two, 5)
+    assert todo["path"].tolist() == ["L0-1 -> L1-2 -> L2-3", "L0-1 -> L1-2 -> L2-9"]  # chains.tsv's order
+    assert todo["scope"].tolist() == ["forced", "generated"]  # the forced row of the first chain
+    assert len(to_mediate(two, 1)) == 1
 
 
 def test_summary_by_hand():

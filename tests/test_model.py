@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from conftest import DEMO
 from pathreplay.errors import UserError
-from pathreplay.model import check_prompt_lengths, encode_prompts, positions, resolve_device
+from pathreplay.model import check_model, check_prompt_lengths, encode_prompts, positions, resolve_device
 from pathreplay.prompts import Prompt
 
 
@@ -40,3 +42,11 @@ def test_prompt_longer_than_context_refused_before_gpu_work():
     check_prompt_lengths([Prompt("ok", "Choice: ", "safe")], "p.jsonl", str(DEMO / "model"), 12)
     with pytest.raises(UserError, match=r"model.path='.*nowhere'.*cannot read its tokenizer"):
         check_prompt_lengths([Prompt("ok", "x", "safe")], "p.jsonl", str(DEMO / "nowhere"), 12)
+
+
+@pytest.mark.parametrize("edit", [{"num_attention_heads": 3}, {"num_hidden_layers": "four"}])
+def test_a_config_transformers_cannot_build_is_one_line(tmp_path, edit):
+    cfg = {**json.loads((DEMO / "model" / "config.json").read_text()), **edit}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=r"cannot be built from its config \(.+\); use a causal LM"):
+        check_model(str(tmp_path), [0], 128)

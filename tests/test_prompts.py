@@ -56,6 +56,11 @@ def test_ids_that_would_leave_their_folder_or_hide_are_refused(tmp_path, pid):
         read_prompts(str(f))
 
 
+def test_a_folder_is_not_a_prompts_file(tmp_path):
+    with pytest.raises(UserError, match=r"prompts.file=.*: is a folder; point prompts.file at a JSONL file"):
+        read_prompts(str(tmp_path))
+
+
 def test_null_context_and_non_utf8_are_refused(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"id": "a", "text": "x", "context": None}) + "\n")

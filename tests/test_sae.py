@@ -233,6 +233,30 @@ def test_settings_that_cannot_be_reproduced_are_refused(tmp_path, llamascope, fm
         load_sae(llamascope, "llamascope", 5)
 
 
+@pytest.mark.parametrize("edit, says", [
+    ({"act_fn": "topk", "top_k": None}, r"has no 'top_k'"),
+    ({"d_sae": "3x"}, r"d_sae '3x' is not an integer"),
+])
+def test_unusable_llamascope_numbers_are_one_line(llamascope, edit, says):
+    hp = {k: v for k, v in {**json.loads((llamascope / "hyperparams.json").read_text()), **edit}.items()
+          if v is not None}
+    (llamascope / "hyperparams.json").write_text(json.dumps(hp))
+    with pytest.raises(UserError, match=says):
+        read_meta(llamascope, "llamascope", 5)
+
+
+def test_unusable_gemmascope_files_are_one_line(tmp_path):
+    folder = tmp_path / "g"
+    folder.mkdir()
+    np.savez(folder / "params.npz", W_enc=np.eye(2, dtype=np.float32), b_enc=np.zeros(2, np.float32),
+             W_dec=np.eye(2, dtype=np.float32), b_dec=np.zeros(2, np.float32))
+    with pytest.raises(UserError, match=r"params.npz: has no threshold; check saes.format"):
+        read_meta(folder, "gemmascope", 0)
+    (folder / "params.npz").write_bytes((folder / "params.npz").read_bytes()[:60])
+    with pytest.raises(UserError, match=r"params.npz: cannot be read"):
+        read_meta(folder, "gemmascope", 0)
+
+
 def test_truncated_weights_are_one_line(tmp_path, llamascope):
     f = llamascope / "checkpoints" / "final.safetensors"
     f.write_bytes(f.read_bytes()[:40])

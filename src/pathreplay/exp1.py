@@ -8,6 +8,7 @@ either stopped the game or made the bet that emptied the balance.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -69,8 +70,8 @@ def play_games(model: Any, tok: Any, layers: list[int], *, games: int, max_round
                 s = states[g]
                 fixed = game.FIXED_BET if s.betting == "fixed" else None
                 d = parse_decision(text, parser, fixed_bet=fixed)
-                invalid[g] += not d.valid
-                if not d.valid or d.bet != d.bet:  # no decision, or a bet of no known amount
+                if not d.valid or math.isnan(d.bet):  # no decision, or a bet of no known amount
+                    invalid[g] += 1
                     outcome[g] = "invalid"  # the game cannot go on; neither bankrupt nor stopped
                     continue
                 if d.action == "stop":

@@ -181,7 +181,7 @@ def read_feature_table(path: str | os.PathLike[str], columns: Mapping[str, str] 
     key = [found[k] for k in INT_COLS if k in found] or [found.get("feature", "feature")]
     if trial and all(k in raw.columns for k in key) and raw.duplicated(key).any():
         fail(where, f"looks like per-trial records (it has {_short(trial)} and each feature "
-             "repeats), not a feature table", "point features.path at a table with one row per feature")
+             "repeats), not a feature table", "point features.table at a table with one row per feature")
     out = pd.DataFrame(index=raw.index)
     for k in (*INT_COLS, *FLOAT_COLS):
         out[k] = _numeric(raw[found[k]], k, out, where) if k in found else np.nan

@@ -121,6 +121,14 @@ def summarise(chains: pd.DataFrame, per_trial: pd.DataFrame, alpha: float, min_d
     return out[PATH_COLUMNS]
 
 
+def to_mediate(chains: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The `n` best distinct chains in chains.tsv's order. A chain found in both scopes is one
+    chain here (its forced row): mediation measures the forced scope whichever found it."""
+    later = chains["scope"] != "forced"
+    first = chains.assign(_later=later).sort_values("_later", kind="stable")
+    return first.drop_duplicates(["a", "b", "c", "condition"]).sort_index().drop(columns="_later").head(n)
+
+
 def mediate(model: Any, tok: Any, chains: pd.DataFrame, slices: Mapping[str, Slice],
             jobs_of: Mapping[tuple[str, str], Sequence[Job]], base: pd.DataFrame, s: ReplaySettings,
             alpha: float, min_delta: float) -> pd.DataFrame:

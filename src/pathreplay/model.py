@@ -110,11 +110,10 @@ def check_model(path: str, blocks: Sequence[int], d_model: int, trust_remote_cod
     except OSError as e:
         fail(where, f"cannot read its config: {first_line(e)}",
              "point model.path at a folder with config.json, or a reachable hub id")
-    except ValueError as e:
-        first = first_line(e)
+    except Exception as e:  # noqa: BLE001 - transformers and huggingface_hub raise several types here
         fix = ("set model.trust_remote_code: true if you trust its code" if "trust_remote_code" in str(e)
                else "use a causal LM that transformers can build")
-        fail(where, f"cannot be built from its config ({first})", fix)
+        fail(where, f"cannot be built from its config ({first_line(e)})", fix)
     try:
         n = len(decoder_layers(model))
     except TypeError as e:

@@ -22,8 +22,9 @@ class Prompt(NamedTuple):
 
 def read_prompts(path: str) -> list[Prompt]:
     """Read and check a prompts JSONL file (fields id, text, context)."""
-    if not Path(path).exists():
-        fail(f"prompts.file={path!r}", "file not found", "point prompts.file at a JSONL file")
+    if not Path(path).is_file():
+        fail(f"prompts.file={path!r}", "is a folder" if Path(path).exists() else "file not found",
+             "point prompts.file at a JSONL file")
     out: list[Prompt] = []
     seen: set[str] = set()
     for n, rec in iter_jsonl(path, "prompt"):

@@ -118,6 +118,14 @@ def _need(cfg: dict, key: str, where: str) -> Any:
     return cfg[key]
 
 
+def _need_int(cfg: dict, key: str, where: str) -> int:
+    value = _need(cfg, key, where)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        fail(where, f"{key} {value!r} is not an integer", "restore the file from the SAE release")
+
+
 def _refuse(where: str, key: str, value: Any, fix: str) -> None:
     fail(where, f"{key} {value!r} is not reproduced by pathreplay", fix)
 
@@ -136,8 +144,8 @@ def _llamascope_meta(path: Path, layer: int) -> SAEMeta:
         _refuse(where, "act_fn", act, "use a jumprelu, relu or topk Llama Scope SAE")
     if hp.get("norm_activation", "dataset-wise") not in ("dataset-wise", "none", "inference", None):
         _refuse(where, "norm_activation", hp["norm_activation"], "use dataset-wise Llama Scope SAEs")
-    k = hp.get("top_k") if act == "topk" else None
-    return SAEMeta("llamascope", path, int(_need(hp, "d_model", where)), int(_need(hp, "d_sae", where)), hook,
+    k = _need_int(hp, "top_k", where) if act == "topk" else None
+    return SAEMeta("llamascope", path, _need_int(hp, "d_model", where), _need_int(hp, "d_sae", where), hook,
                    _parse_hook(hook, where), act, k)
 
 
@@ -191,7 +199,7 @@ def _saelens_meta(path: Path, layer: int) -> SAEMeta:
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
     if arch == "topk" and not k:
         fail(where, "a topk SAE without k", "restore cfg.json")
-    return SAEMeta("saelens", path, int(_need(cfg, "d_in", where)), int(_need(cfg, "d_sae", where)), hook,
+    return SAEMeta("saelens", path, _need_int(cfg, "d_in", where), _need_int(cfg, "d_sae", where), hook,
                    _parse_hook(hook, where), _SAELENS_ARCH[arch], int(k) if arch == "topk" else None)
 
 
@@ -210,15 +218,23 @@ def _saelens_tensors(meta: SAEMeta, rows: slice, get: Any) -> Exact:
 
 # --- gemmascope -------------------------------------------------------------------------------
 
+GEMMASCOPE_TENSORS = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
+
+
 def _gemmascope_meta(path: Path, layer: int) -> SAEMeta:
     npz = path / "params.npz"
     if not npz.exists():
         fail(str(path), "missing params.npz", "check saes.format and saes.path")
     try:
         with np.load(npz) as z:
+            missing = sorted(set(GEMMASCOPE_TENSORS) - set(z.files))
+            if missing:
+                fail(str(npz), f"has no {', '.join(missing)}", "check saes.format matches the files")
             d_model, d_sae = z["W_enc"].shape
-    except (OSError, ValueError, KeyError) as e:
-        fail(str(npz), f"cannot be read ({type(e).__name__}: {e})", "restore the file from the SAE release")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy's and zipfile's errors for a short or corrupt file
+        fail(str(npz), f"cannot be read ({first_line(e)})", "restore the file from the SAE release")
     # params.npz carries no hook name; Gemma Scope residual SAEs read the block's output.
     return SAEMeta("gemmascope", path, int(d_model), int(d_sae), f"blocks.{layer}.hook_resid_post", layer,
                    "jumprelu", None)

@@ -3,8 +3,8 @@ import logging
 import pandas as pd
 
 from pathreplay.features import parse_feature_name
-from pathreplay.io import read_tables, write_table
-from pathreplay.mediation import PATH_COLUMNS, Slice, mediate
+from pathreplay.io import read_table, read_tables, write_table
+from pathreplay.mediation import PATH_COLUMNS, Slice, mediate, to_mediate
 from pathreplay.plan import parse_conditions, patched_jobs
 from pathreplay.prompts import read_prompts
 from pathreplay.replay import ReplaySettings
@@ -14,7 +14,7 @@ from pathreplay.workflow import open_model, run_script
 
 def main(sm):
     p = sm.params
-    chains = pd.read_csv(sm.input.chains, sep="\t").head(p.max_chains)
+    chains = to_mediate(read_table(sm.input.chains), p.max_chains)
     if chains.empty:
         logging.info("no chain to mediate")
         write_table(pd.DataFrame(columns=PATH_COLUMNS), sm.output.paths)
