@@ -1,8 +1,10 @@
 """Replay throughput: Hugging Face `generate` with patch and capture hooks vs pathreplay's engine.
 
 On a randomly initialised model of the chosen shape (throughput does not depend on the weights),
-both generate `--new` tokens per row after a `--prompt`-token prompt with one feature clamped at
-a middle block and every block's output captured at every generated token; on a GPU the engine
+both generate `--new` tokens per row after a `--prompt`-token prompt (one prompt in every row, as
+in a replay batch) with one feature clamped at a middle block at the last prompt position and
+every generated token (`exp2`, the replay's default) and every block's output captured at every
+generated token; `--compare` also times the engine with every row's prompt in its own cache; on a GPU the engine
 runs with CUDA graphs, without them, and with graphs but torch operations in place of its Triton
 kernels (PATHREPLAY_KERNELS=torch). Decode tok/s leave prefill out (hooks: a run of --new
 tokens less a run of 1; engine: its decode steps timed, the best of two warm calls);
@@ -22,12 +24,15 @@ import argparse
 import json
 import math
 import os
+import tempfile
 import time
 from typing import NamedTuple
 from unittest import mock
 
 import torch
 
+from pathreplay.plan import Job
+from pathreplay.replay import ReplaySettings, run_jobs, write_result
 from pathreplay.runtime.engine import Engine
 from pathreplay.runtime.generate import generate
 from pathreplay.runtime.patch import Interventions, Patch
@@ -55,8 +60,9 @@ class _Tok:
         self.vocab, self.prompt = vocab, prompt
 
     def __call__(self, texts, return_tensors=None, padding=None):
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(1, self.vocab, (len(texts), self.prompt), generator=g)
+        if isinstance(texts, str):  # one text, as a list of ids (what the replay measures prompts with)
+            return {"input_ids": prompt_ids(self.vocab, 1, self.prompt)[0].tolist()}
+        ids = prompt_ids(self.vocab, len(texts), self.prompt)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def __len__(self) -> int:
@@ -64,6 +70,12 @@ class _Tok:
 
     def decode(self, ids, skip_special_tokens=True) -> str:
         return ""
+
+
+def prompt_ids(vocab: int, batch: int, prompt: int) -> torch.Tensor:
+    """One random prompt in every row, as in a replay batch (trials of one prompt)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(1, vocab, (1, prompt), generator=g).expand(batch, -1).clone()
 
 
 def sync(dev: torch.device) -> None:
@@ -97,7 +109,7 @@ def feature_of(model) -> Feature:
 def hf_generate(model, batch, prompt, new, patches, capture) -> float:
     """(a): transformers' generate, with the patch and capture as forward hooks."""
     dev = next(model.parameters()).device
-    ids = torch.randint(1, model.config.vocab_size, (batch, prompt), device=dev)
+    ids = prompt_ids(model.config.vocab_size, batch, prompt).to(dev)
     iv = Interventions(model, patches, capture)
     iv.bind(batch, new, dev, next(model.parameters()).dtype)
     flip = model.register_forward_pre_hook(
@@ -135,7 +147,8 @@ class EngineTimes(NamedTuple):
     first: float  # the first call, graph capture included
 
 
-def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kernels="triton") -> EngineTimes:
+def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kernels="triton", share=True
+                 ) -> EngineTimes:
     """Times on a fresh engine; NaN if it fails (the other columns of a run on a lent machine
     survive). The decode steps are timed inside the call: a shorter call to subtract would rebind
     the capture buffers to its length and drop the graphs, so the next full call would capture
@@ -148,7 +161,7 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
             sync(self.k.device)
             self.decode_s = time.perf_counter() - t0
 
-    eng = Timed(model, batch, prompt + new, graphs=graphs)
+    eng = Timed(model, batch, prompt + new, graphs=graphs, share=share)
     try:
         with mock.patch.dict(os.environ, PATHREPLAY_KERNELS=kernels):
             first = engine_generate(model, batch, prompt, new, patches, capture, eng)
@@ -156,8 +169,29 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
                     for _ in range(2)]
         return EngineTimes(min(d for _, d in warm), min(t for t, _ in warm), first)
     except RuntimeError as err:
-        print(f"engine (graphs {graphs}, kernels {kernels}) failed at batch {batch}: {err}")
+        print(f"engine (graphs {graphs}, kernels {kernels}, share {share}) failed at batch {batch}: {err}")
         return EngineTimes(*(float("nan"),) * 3)
+
+
+def job_rate(model, batch: int, prompt: int, new: int, feat: Feature, out: str, n_batches: int = 2
+             ) -> tuple[float, float, float]:
+    """The replay job end to end: `replay.run_jobs` over n_batches batches of one prompt's trials, patched
+    as the benchmark patches and capturing every block at every generated token, then
+    `replay.write_result` (safetensors per layer and the trial table) into `out`. (trials/s,
+    tokens/s, seconds), the write included; a warm-up batch first."""
+    n_layers = model.config.num_hidden_layers
+    s = ReplaySettings(max_new_tokens=new, temperature=0.7, batch_size=batch, capture_layers=range(n_layers),
+                       positions="exp2", mode="clamp")
+    tok = _Tok(model.config.vocab_size, prompt)
+    jobs = [Job("p", "c", "x", "c1", t, t, 3.0) for t in range(n_batches * batch)]
+    run_jobs(model, tok, jobs[:batch], s, feature=feat, block=n_layers // 2)  # warm-up (graphs, kernels)
+    sync(next(model.parameters()).device)
+    t0 = time.perf_counter()
+    res = run_jobs(model, tok, jobs, s, feature=feat, block=n_layers // 2)
+    write_result(res, list(range(n_layers)), [f"{out}/L{b}.safetensors" for b in range(n_layers)],
+                 f"{out}/trials.parquet")
+    dt = time.perf_counter() - t0
+    return len(jobs) / dt, float(res.trials["n_tokens"].sum()) / dt, dt
 
 
 def profile_decode(model, batch, prompt, new, feat, capture) -> None:
@@ -173,7 +207,7 @@ def profile_decode(model, batch, prompt, new, feat, capture) -> None:
                 torch.cuda.synchronize()
 
     eng = Profiled(model, batch, prompt + new)
-    patches = [Patch(model.config.num_hidden_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "all")]
+    patches = [Patch(model.config.num_hidden_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "exp2")]
     engine_generate(model, batch, prompt, new, patches, capture, eng)
     print(eng.prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
 
@@ -244,6 +278,10 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--profile", action="store_true", help="kernel table of graphed decode steps at the last batch")
+    ap.add_argument("--job", action="store_true",
+                    help="also time the replay job end to end (run_jobs and write_result) at each batch")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time the engine with every row's prompt in its own cache (share=False)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -258,8 +296,10 @@ def main() -> None:
     print(f"{'batch':>5} | {'decode: hooks':>13} {'eng. eager':>10} {'torch ops':>9} {'engine':>8} {'ratio':>6} "
           f"{'floor':>8} {'of floor':>8} | {'end to end: hooks':>17} {'engine':>8} {'1st call':>8} | {'peak GB':>7} {'bound':>6}")
     cap = range(n_layers)
+    compared: list[str] = []
+    jobs_done: list[str] = []
     for batch in args.batch:
-        patches = [Patch(n_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "all")]
+        patches = [Patch(n_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "exp2")]
         hf_generate(model, batch, args.prompt, 2, patches, cap)  # warm-up
         a1 = hf_generate(model, batch, args.prompt, 1, patches, cap)
         a = hf_generate(model, batch, args.prompt, args.new, patches, cap)
@@ -282,9 +322,29 @@ def main() -> None:
                      "engine_end_to_end_tok_per_s": tot / b, "generate_end_to_end_tok_per_s": tot / a,
                      "engine_first_call_tok_per_s": tot / first, "mem_bound_gb": bound,
                      "prompt": args.prompt, "new": args.new})
+        if args.job:
+            with tempfile.TemporaryDirectory() as tmp:
+                trials_s, tokens_s, secs = job_rate(model, batch, args.prompt, args.new, feat, tmp)
+            rows[-1].update(job_trials_per_s=trials_s, job_tok_per_s=tokens_s, job_seconds=secs)
+            jobs_done.append(f"{batch:>5} | {2 * batch:>6} {trials_s:>9,.1f} {tokens_s:>9,.0f} {secs:>7.1f}")
+        if args.compare:
+            un = engine_times(model, batch, args.prompt, args.new, patches, cap, share=False)
+            rows[-1].update(engine_unshared_tok_per_s=n_dec / un.decode,
+                            engine_unshared_end_to_end_tok_per_s=tot / un.warm)
+            compared.append(f"{batch:>5} | {n_dec / un.decode:>15,.0f} {dec_b:>13,.0f} {un.decode / db:>6.2f} | "
+                            f"{tot / un.warm:>15,.0f} {tot / b:>13,.0f} {un.warm / b:>6.2f}")
         print(f"{batch:>5} | {dec_a:>13,.0f} {dec_e:>10,.0f} {dec_t:>9,.0f} {dec_b:>8,.0f} {dec_b / dec_a:>6.2f} {floor:>8,.0f} "
               f"{dec_b / floor:>8.1%} | {tot / a:>17,.0f} {tot / b:>8,.0f} {tot / first:>8,.0f} | "
               f"{peak:>7.2f} {bound:>6.2f}")
+    if jobs_done:
+        print("\nreplay job end to end (run_jobs + write_result, 2 batches of one prompt, every block captured)")
+        print(f"{'batch':>5} | {'trials':>6} {'trials/s':>9} {'tok/s':>9} {'seconds':>7}")
+        print("\n".join(jobs_done))
+    if compared:
+        print("\nshared prompt (one prefill per prompt, shared-prefix attention) against every row's own prompt")
+        print(f"{'batch':>5} | {'decode: own':>15} {'shared':>13} {'ratio':>6} | {'end to end: own':>15} "
+              f"{'shared':>13} {'ratio':>6}")
+        print("\n".join(compared))
     rate = encode_rate(dev, model.config.hidden_size)
     print(f"encode + top-k, one 32K-feature layer, 8,192 rows: {rate:,.0f} rows/s")
     if args.json:  # before the profile, so a profile that fails keeps the numbers

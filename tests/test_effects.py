@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.effects import code_layer, feature_effects, pairs_of, read_codes
+from pathreplay.effects import COLUMNS, code_layer, feature_effects, layer_effects, pairs_of, read_codes
+from pathreplay.effects_write import write_effects
 from pathreplay.errors import UserError
 
 
@@ -28,7 +30,7 @@ def test_pairs_of_matches_prompt_and_trial_and_drops_unmatched():
 
 
 def test_layer_from_codes_path():
-    assert code_layer("results/encode/L12.parquet") == 12
+    assert code_layer("results/encode/patched/s000/L12.parquet") == 12
     assert code_layer(Path("/a/Lx/results/encode/L3.parquet")) == 3
     assert code_layer("L7.parquet") == 7  # no folder in front
 
@@ -102,3 +104,51 @@ def test_what_must_be_exact_stops_the_job(case, says):
     patched, base, codes = _case(**case)
     with pytest.raises(UserError, match=says):
         feature_effects(patched, base, codes, 0.05, 2, where="where")
+
+
+def _many_targets(rng, n_targets=40):
+    """_case's trials with n_targets features at layers 0 (upstream), 2 and 3, random sparse codes
+    (ties and zeros included) and the sham and upstream forced runs exact."""
+    patched, base, _ = _case()
+    rows = [("baseline/x", r) for r in base["row"]] + [("patched/s000", r) for r in patched["row"]]
+    exact = {r for c, run, r in zip(patched["condition"], patched["run"], patched["row"]) if c == "sham"}
+    codes = {}
+    for layer in (3, 0, 2):
+        base_vals = rng.choice([0.0, 0.0, 0.5, 1.0, 2.0], size=(len(base), n_targets)) * rng.random(n_targets)
+        by_key = {(p, t): base_vals[i] for i, (p, t) in enumerate(zip(base["prompt_id"], base["trial"])) if i < 4}
+        vals = [v for v in base_vals]
+        for r in patched.itertuples():
+            same = r.row in exact or (layer == 0 and r.run == "forced")
+            vals.append(by_key[r.prompt_id, r.trial] if same else
+                        rng.choice([0.0, 0.0, 0.5, 1.0, 3.0], n_targets) * rng.random(n_targets))
+        v = np.array(vals, np.float32)
+        part, row = zip(*rows)
+        codes[layer] = pd.DataFrame({"part": np.repeat(part, n_targets), "row": np.repeat(row, n_targets),
+                                     "feature": np.tile(np.arange(n_targets, dtype=np.int32), len(rows)),
+                                     "last": v[:, ::-1].ravel(), "gen": v.ravel()})
+    return patched, base, codes
+
+
+def test_streamed_files_are_the_collected_tables(tmp_path):
+    patched, base, codes = _many_targets(np.random.default_rng(4))
+    res = feature_effects(patched, base, codes, 0.05, 2)
+    assert len(res.effects) and len(res.upstream) and res.effects["p_value"].notna().any()
+    got = write_effects(layer_effects(patched, base, codes, 0.05, 2), 1, 3, tmp_path / "e.parquet",
+                        tmp_path / "u.parquet")
+    e, u = pd.read_parquet(tmp_path / "e.parquet"), pd.read_parquet(tmp_path / "u.parquet")
+    pd.testing.assert_frame_equal(e, res.effects, check_exact=True)  # dtypes, categoricals, every value to the bit
+    pd.testing.assert_frame_equal(u, res.upstream, check_exact=True)
+    assert list(e.columns) == COLUMNS and list(u.columns) == COLUMNS[:-1]
+    assert got["effects_rows"] == len(e) and got["upstream_rows"] == len(u)
+    assert got["tests"] == int(e["p_value"].notna().sum())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_streamed_files_of_a_source_without_rows(tmp_path):
+    patched, base, codes = _case()
+    none = {2: codes[2].iloc[:0]}
+    res = feature_effects(patched, base, none, 0.05, 2)
+    write_effects(layer_effects(patched, base, none, 0.05, 2), 1, 3, tmp_path / "e.parquet", tmp_path / "u.parquet")
+    assert len(res.effects) == 0 and list(res.effects.columns) == COLUMNS
+    assert list(pd.read_parquet(tmp_path / "e.parquet").columns) == COLUMNS
+    assert list(pd.read_parquet(tmp_path / "u.parquet").columns) == COLUMNS[:-1]

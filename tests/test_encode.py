@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -65,3 +66,113 @@ def test_fp16_storage_flips_are_counted_on_the_float32_sample(tmp_path):
                    "sample32": sample}, path)
     _, q = encode_parts(sae, [("baseline/p", str(path))], 0)
     assert (q.fp16_flips, q.fp16_active, q.fp16_positions) == (1, 2, 1)
+
+
+def _one_job_per_layer(sae, parts, layer, chunk):
+    """The quality of one layer as the one-job-per-layer encode computed it before per-part jobs
+    (kept verbatim as the reference the merge of partial sums must equal)."""
+    from pathreplay.encode import LayerQuality, _encode, fp16_flips, read_states
+
+    err = sq = 0.0
+    n_pos = 0
+    l0_sum = 0.0
+    flips = [0, 0, 0]
+    ever = torch.zeros(sae.meta.d_sae, dtype=torch.bool, device=sae.W.device)
+    sums = torch.zeros(sae.meta.d_model, dtype=torch.float64)
+    for part, path in parts:
+        states, n_valid, sample = read_states(path)
+        rows, width, _ = states.shape
+        valid = torch.arange(width)[None, :] <= n_valid[:, None]
+        per = max(1, chunk // width)
+        for r0 in range(0, rows, per):
+            x = states[r0: r0 + per].to(sae.W.device, torch.float32)
+            v = valid[r0: r0 + x.shape[0]].to(x.device)
+            f = _encode(sae, x, per)
+            if not part.startswith("baseline"):
+                continue
+            rec = sae.decode(f)
+            xv = x[v]
+            err += float((xv - rec[v]).pow(2).sum())
+            sq += float(xv.pow(2).sum())
+            sums += xv.double().sum(0).cpu()
+            n_pos += int(v.sum())
+            l0_sum += float((f[v] > 0).sum())
+            ever |= (f[v] > 0).any(0)
+        if part.startswith("baseline") and len(sample):
+            flips = [a + b for a, b in zip(flips, fp16_flips(sae, sample))]
+    mean = sums / max(1, n_pos)
+    tot = sq - n_pos * float(mean.pow(2).sum())
+    return LayerQuality(layer, err / tot if tot > 0 else float("nan"), l0_sum / max(1, n_pos),
+                        float((~ever).float().mean()), n_pos, *flips)
+
+
+def test_merged_partial_quality_equals_one_pass_over_the_layer(tmp_path, tiny_saes):
+    """Per-part jobs write partial sums; their merge gives bit for bit the numbers one job over
+    every part of the layer gave (float64 sums added in the same order, masks OR-ed), and the
+    patched part counts for nothing."""
+    from pathreplay.encode import encode_part, load_partial, merge_quality, save_partial
+    from pathreplay.sae import load_sae
+
+    sae = load_sae(tiny_saes[1], "llamascope", 1)
+    g = torch.Generator().manual_seed(3)
+    parts = []
+    for name, rows in (("baseline/a", 37), ("baseline/b", 5), ("baseline/c", 19), ("patched/s000", 23)):
+        x32 = torch.randn(rows, 4, 32, generator=g) * 3
+        write_tensors({"states": x32.half(), "n_positions": torch.randint(0, 4, (rows,), generator=g).int(),
+                       "sample32": x32[:2]}, tmp_path / f"{name.replace('/', '_')}.safetensors")
+        parts.append((name, str(tmp_path / f"{name.replace('/', '_')}.safetensors")))
+    for chunk in (24, 8192):  # several padded chunks per part, and one
+        want = _one_job_per_layer(sae, parts, 1, chunk)
+        partials, frames = [], []
+        for part, path in parts:
+            codes, q = encode_part(sae, part, path, chunk)
+            frames.append(codes)
+            assert (q is None) == part.startswith("patched")
+            if q is not None:
+                save_partial(q, tmp_path / "q.safetensors")  # through the file, as the workflow does
+                partials.append(load_partial(tmp_path / "q.safetensors"))
+        got = merge_quality(1, partials)
+        assert got == want and got.positions > 0 and 0 < got.fvu and got.fp16_positions == 3 * 8
+        # and the one-process wrapper gives the same codes and quality
+        codes, q = encode_parts(sae, parts, 1, chunk=chunk)
+        assert q == want
+        pd.testing.assert_frame_equal(
+            codes.astype({"part": str}), pd.concat(frames, ignore_index=True).astype({"part": str}))
+
+
+def test_merge_ors_the_active_masks(tmp_path):
+    """A feature active in one part only is alive in the layer: dead fraction from the OR."""
+    from pathreplay.encode import encode_part, merge_quality
+
+    sae = identity_sae(2, path=tmp_path)
+    for name, st in (("a", [[[1.0, 0.0]]]), ("b", [[[0.0, 1.0]]])):
+        write_tensors({"states": torch.tensor(st).half(), "n_positions": torch.tensor([0], dtype=torch.int32)},
+                      tmp_path / f"{name}.safetensors")
+    qa = encode_part(sae, "baseline/a", tmp_path / "a.safetensors")[1]
+    qb = encode_part(sae, "baseline/b", tmp_path / "b.safetensors")[1]
+    assert merge_quality(0, [qa]).dead_fraction == 0.5 and merge_quality(0, [qa, qb]).dead_fraction == 0.0
+    assert merge_quality(0, [qa, qb]).positions == 2
+
+
+def test_codes_of_one_part_read_back_per_feature(tmp_path):
+    """A part's codes file names its part; effects read it through one filter: the parts asked
+    for, and of the shard only the feature's own rows. A file without the column is its path's part."""
+    from pathreplay.effects import read_codes
+    from pathreplay.encode import encode_part
+    from pathreplay.io import write_table
+
+    sae = identity_sae(2, path=tmp_path)
+    states = torch.tensor([[[1, 2], [0, 0]], [[3, 0], [0, 0]], [[0, 4], [0, 0]]], dtype=torch.float16)
+    write_tensors({"states": states, "n_positions": torch.zeros(3, dtype=torch.int32)}, tmp_path / "x.safetensors")
+    files = []
+    for part in ("baseline/p", "patched/s000", "patched/s001"):
+        codes, _ = encode_part(sae, part, tmp_path / "x.safetensors")
+        files.append(tmp_path / "results/encode" / part / "L1.parquet")
+        write_table(codes if part != "patched/s001" else codes.drop(columns="part"), files[-1])
+    got = read_codes(files, ["baseline/p", "patched/s000", "patched/s001"], rows={"patched/s000": [1, 2]})
+    assert list(got) == [1]
+    keys = list(zip(got[1]["part"].astype(str), got[1]["row"], got[1]["feature"]))
+    assert keys == [("baseline/p", 0, 0), ("baseline/p", 0, 1), ("baseline/p", 1, 0), ("baseline/p", 2, 1),
+                    ("patched/s000", 1, 0), ("patched/s000", 2, 1),
+                    ("patched/s001", 0, 0), ("patched/s001", 0, 1), ("patched/s001", 1, 0), ("patched/s001", 2, 1)]
+    assert read_codes(files[:1], ["patched/s000"])[1].empty

@@ -134,3 +134,91 @@ def test_ks_uniform():
     assert stat < 0.02 and pv > 0.9
     stat, pv = ks_uniform(np.full(50, 0.01))
     assert stat > 0.9 and pv < 1e-6
+
+
+def _frozen_sign_flip_p(d, draws=4095, seed=0):
+    """sign_flip_p as it was before signflip.py (2026-11-30), frozen: the reference for the bits."""
+    _, F = d.shape
+    k = (d != 0).sum(0)
+    p = np.full(F, np.nan)
+    exact = k <= 12
+    rng = np.random.default_rng(seed)
+    cols = np.flatnonzero(k >= 2)
+    cols = cols[np.argsort(k[cols], kind="stable")]
+    sub = np.ascontiguousarray(d[:, cols].T)
+    flat = sub[sub != 0]
+    ks = k[cols]
+    bounds = np.r_[0, np.cumsum(ks)]
+    for kk in np.unique(ks):
+        first, last = np.searchsorted(ks, kk), np.searchsorted(ks, kk, side="right")
+        vals_all = flat[bounds[first]: bounds[last]].reshape(last - first, kk)
+        if kk <= 12:
+            half = np.arange(2 ** (kk - 1))
+            signs = 1 - 2 * ((half[:, None] >> np.arange(kk)[None, :]) & 1).astype(float)
+        else:
+            signs = rng.choice([-1.0, 1.0], size=(draws, kk))
+        step = max(1, 2**22 // len(signs))
+        for c0 in range(0, last - first, step):
+            vals = vals_all[c0: c0 + step]
+            obs = np.abs(vals.sum(1))
+            hits = (np.abs(vals @ signs.T) >= obs[:, None] * (1 - 1e-12)).sum(1)
+            c = cols[first + c0: first + c0 + len(vals)]
+            p[c] = 2 * hits / 2**kk if kk <= 12 else (1 + hits) / (1 + draws)
+    return p, exact
+
+
+def _frozen_paired_p(d):
+    """paired_p as it was before signflip.py, frozen."""
+    n = d.shape[0]
+    k = (d != 0).sum(0)
+    small = k < 30
+    flip, exact = np.full(d.shape[1], np.nan), k <= 12
+    if small.any():
+        flip[small] = _frozen_sign_flip_p(d[:, small])[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1])
+        t = d.mean(0) / (sd / np.sqrt(n))
+        tp = 2 * sps.t.sf(np.abs(t), max(n - 1, 1))
+    tp = np.where(sd > 0, tp, 2.0 ** (1 - k.astype(float)))
+    use_t = k >= 30
+    p = np.where(use_t, tp, flip)
+    test = np.where(k < 2, "none", np.where(use_t, "t", np.where(exact, "sign_flip_exact", "sign_flip_mc")))
+    return np.where(k < 2, np.nan, p), test
+
+
+def _differences(rng, n, width):
+    """Paired differences with every k from 0 to n, zeros, ties (repeated |values|, both signs),
+    equal columns, float32-born values (as the codes are) and a few float64 ones."""
+    d = np.zeros((n, width))
+    k = rng.integers(0, n + 1, width)
+    k[: min(width, n + 1)] = n - np.arange(min(width, n + 1))  # every k once, from n down
+    for j in range(width):
+        rows = rng.choice(n, k[j], replace=False)
+        kind = j % 4
+        if kind == 0:
+            v = rng.lognormal(-1, 1, k[j]).astype(np.float32).astype(float) - rng.lognormal(-1, 1, k[j]).astype(np.float32)
+        elif kind == 1:  # ties: a few magnitudes, random signs
+            v = rng.choice([0.25, 0.5, 1.0], k[j]) * rng.choice([-1.0, 1.0], k[j])
+        elif kind == 2:  # all equal: t undefined, the sign-flip p 2 / 2^k
+            v = np.full(k[j], 0.125)
+        else:
+            v = rng.normal(0.3, 1.0, k[j])
+        d[rows, j] = np.where(v == 0, 0.5, v)
+    return d
+
+
+@pytest.mark.parametrize("n, width", [(200, 400), (60, 97), (40, 2), (35, 1), (4, 50), (31, 3), (8, 1), (30, 20)])
+def test_sign_flips_and_paired_p_are_the_frozen_bits(n, width):
+    rng = np.random.default_rng(n * 1000 + width)
+    d = _differences(rng, n, width)
+    p, test = paired_p(d)
+    fp, ftest = _frozen_paired_p(d)
+    np.testing.assert_array_equal(p, fp)  # NaN where NaN, every other p to the bit
+    np.testing.assert_array_equal(test, ftest)
+    for sub in (d, d[: min(n, 12)], d[:, ::2]):  # exact only; the Monte Carlo draws of other k
+        s, ex = sign_flip_p(sub)
+        fs, fex = _frozen_sign_flip_p(sub)
+        np.testing.assert_array_equal(s, fs)
+        np.testing.assert_array_equal(ex, fex)
+    if width > n >= 30:  # every regime: none, exact, Monte Carlo, t
+        assert set(test) == {"none", "sign_flip_exact", "sign_flip_mc", "t"}

@@ -86,7 +86,7 @@ def test_rulegraph_renders(tmp_path):
     r = snakemake(tmp_path, "--rulegraph", config=SMALL)
     assert r.returncode == 0 and r.stdout.lstrip().startswith("digraph")
     # before the selection checkpoints run, the graph ends at them and at what reads their plan
-    for rule in ("exp1", "screen", "select_features", "select_prompts", "encode", "pathways"):
+    for rule in ("exp1", "screen", "select_features", "select_prompts", "sae_quality", "pathways"):
         assert f'label = "{rule}"' in r.stdout
 
 
@@ -162,28 +162,57 @@ def test_a_key_reruns_only_the_jobs_that_read_it(run, tmp_path):
     base = yaml.safe_load((run / "config.yaml").read_text())
     shutil.copytree(ROOT / "resources" / "demo" / "saes", tmp_path / "saes")
 
-    def dry(change: dict) -> subprocess.CompletedProcess:
+    def dry(change: dict, *args: str) -> subprocess.CompletedProcess:
         cfg = tmp_path / "changed.yaml"
         cfg.write_text(yaml.safe_dump({**base, **change}))
-        return subprocess.run(SNAKEMAKE + ["--directory", str(run), "--configfile", str(cfg), "-n"],
+        return subprocess.run(SNAKEMAKE + ["--directory", str(run), "--configfile", str(cfg), "-n", *args],
                               capture_output=True, text=True, timeout=600)
 
-    r = dry({"saes": {"path": str(tmp_path / "saes" / "L{layer}R")}})
+    saes = {"saes": {"path": str(tmp_path / "saes" / "L{layer}R")}}
+    r = dry(saes)
     counts = job_counts(r.stdout)
-    assert r.returncode == 0 and counts.get("encode") == 4 and counts.get("exp1") == 1, r.stdout[-2000:]
-    assert counts.get("replay_patched") and "replay_baseline" not in counts
+    assert r.returncode == 0 and counts.get("exp1") == 1, r.stdout[-2000:]
+    # the selection reruns; what follows it joins the DAG once it has (checkpoints)
+    assert counts.get("select_prompts") == 1 and "replay_baseline" not in counts
+    # past the selection (its outputs kept): the patched replay and every part's encode
+    after = ["replay_baseline", "replay_patched", "encode_baseline", "encode_patched", "sae_quality", "effects",
+             "pathways", "mediate", "report_figures", "report_checks", "demo_figures", "all"]
+    r = dry(saes, "--allowed-rules", *after)
+    counts = job_counts(r.stdout)
+    plan = pd.read_csv(run / "results/replay/plan.tsv", sep="\t")
+    assert r.returncode == 0 and counts.get("replay_patched") == plan["shard"].nunique(), r.stdout[-2000:]
+    assert counts.get("encode_baseline") == plan["prompt_id"].nunique()
+    assert counts.get("encode_patched") == plan["shard"].nunique() and "replay_baseline" not in counts
     r = dry({"replay": {**base["replay"], "max_capture_gb": 49}})
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
 
 
 def rewind_to_shard(run: Path, shard: str) -> None:
-    """Back to the middle of a first run: the shard and everything after the replay not yet made.
-    (Snakemake does not remake a missing intermediate whose consumers are all up to date.)"""
-    for rel in (f"results/replay/patched/{shard}", "results/encode", "results/effects", "results/pathways",
-                "results/behavior", "results/qc/null.tsv", "results/qc/upstream.tsv", "results/qc/patch_fidelity.tsv",
-                f"results/logs/replay_patched/{shard}.log"):
+    """Back to the middle of a first run: the shard (its replay and encode) and everything after
+    the encode not yet made. (Snakemake does not remake a missing intermediate whose consumers are all up to date.)"""
+    for rel in (f"results/replay/patched/{shard}", f"results/encode/patched/{shard}", "results/effects",
+                "results/pathways", "results/behavior", "results/qc/null.tsv", "results/qc/upstream.tsv",
+                "results/qc/patch_fidelity.tsv", f"results/logs/replay_patched/{shard}.log"):
         p = run / rel
         shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def test_lost_shard_reencodes_that_shard_alone(run, tmp_path):
+    """Encode is one job per part: with one replay shard's outputs gone, the plan is that shard's
+    replay and its encode job (every layer of it), no other part's encode."""
+    wd = tmp_path / "lost"
+    shutil.copytree(run, wd, ignore=shutil.ignore_patterns("locks", "incomplete"))  # mtimes and records kept
+    rewind_to_shard(wd, "s001")
+    r = snakemake(wd, "-n", config=yaml.safe_load((run / "config.yaml").read_text()))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = job_counts(r.stdout)
+    assert counts.get("replay_patched") == 1 and counts.get("encode_patched") == 1, r.stdout[-3000:]
+    assert "encode_baseline" not in counts and "replay_baseline" not in counts
+    made = [p for line in re.findall(r"^\s*output: (.*)$", r.stdout, re.M) for p in line.split(", ")]
+    encoded = sorted(p for p in made if p.startswith("results/encode/"))
+    assert encoded == [f"results/encode/patched/s001/L{b}.parquet" for b in range(4)]
+    assert "results/replay/patched/s001/trials.parquet" in made
+    assert not any(p.startswith("results/replay/") and "/s001/" not in p for p in made)
 
 
 def _job_pids(session: int, needle: str) -> list[int]:
@@ -220,6 +249,7 @@ def test_killed_shard_alone_reruns(run):
     counts = job_counts(r.stdout)
     assert counts.get("replay_patched") == 1
     assert "replay_baseline" not in counts and "exp1" not in counts and "screen" not in counts
+    assert counts.get("encode_patched") == 1 and "encode_baseline" not in counts
     r = snakemake(run, "--cores", "2", config=cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / target).exists() and not list((run / "results").rglob("*.partial"))

@@ -16,11 +16,19 @@ conditions), `sham`, `random` (random:<condition>) and `placebo` (baseline trial
 stream, prompt_last and generated scopes), all through the same tests. Downstream layers make the effects;
 upstream layers are a negative control: forced differences there must be exactly 0, and a sham's
 everywhere, or the job stops.
+
+Rows: a layer's targets are the features any of the source's trials has; a contrast writes the
+row of a target active (last or gen) in one of its pairs' trials at least. A row left out would
+say means 0, delta 0, n_nonzero 0, no test: it is in no BH family, and pathways reads its absence
+so (upstream `features` counts the layer's targets; an edge's missing side delta is 0). At the
+study's shape (32 x 32,768 features, heavy-tailed activity) the union is nearly the whole
+dictionary: about 23 contrasts x 31 layers x ~29,000 rows per source (benchmarks/scale.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,34 +37,19 @@ import pandas as pd
 import pyarrow.dataset as ds
 from tqdm import tqdm
 
-from .errors import fail
+from .effects_layer import (CONTROLS, MIN_PROMPTS_TESTED, SCOPES, Contrast, Pairs, SharedSides, check_exact,  # noqa: F401
+                            contrast_columns, dense)
 from .features import feature_name
 from .plan import PLACEBO, control_of
-from .stats import bh_with_controls, paired_p, sign_flip_p
+from .signflip import TESTS
+from .stats import bh_with_controls
 
 COLUMNS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer", "target_feature",
            "mean_baseline", "mean_patched", "delta", "effect_size", "p_value", "test", "n", "n_nonzero",
            "n_trials", "n_prompts", "prompts_replicated", "prompts_opposite", "robust", "q_within_source"]
-MIN_PROMPTS_TESTED = 3  # below this the smallest sign-flip p across prompts is 2 / 2^2 = 0.5
 
 
-class Pairs(NamedTuple):
-    """Row keys of paired trials: (part, row) of the patched side and of the baseline side."""
-
-    condition: str
-    prompt: np.ndarray  # [n] prompt id per pair
-    treated: list[tuple[str, int]]
-    control: list[tuple[str, int]]
-
-
-class Contrast(NamedTuple):
-    """One condition's pairs in one scope, read from the codes' `column`."""
-
-    condition: str
-    control: str  # real | sham | random | placebo
-    scope: str
-    column: str  # last | gen
-    pairs: Pairs
+THREADS = 2  # contrasts computed at once within a layer
 
 
 class FeatureEffects(NamedTuple):
@@ -67,15 +60,73 @@ class FeatureEffects(NamedTuple):
 
 
 def code_layer(path: str | Path) -> int:
-    """The target layer of a codes file: results/encode/L<layer>.parquet -> layer."""
+    """The target layer of a codes file: results/encode/patched/s000/L<layer>.parquet -> layer."""
     return int(Path(path).stem.removeprefix("L"))
 
 
-def read_codes(paths: Iterable[str | Path], parts: list[str]) -> dict[int, pd.DataFrame]:
-    """Code rows of the given parts per target layer, in file order; a codes file holds every
-    part's rows, so the filter keeps the read to this feature's trials."""
-    return {code_layer(f): ds.dataset(str(f)).to_table(filter=ds.field("part").isin(parts)).to_pandas()
-            for f in paths}
+class Codes(Mapping[int, pd.DataFrame]):
+    """Target layer -> code rows (part, row, feature, last, gen) of the given parts, read from the
+    layer's files when asked for, so effects hold one layer's codes at a time. The workflow's
+    files (results/encode/<kind>/<job>/L<layer>.parquet) hold their `part` column (one
+    dictionary entry on disk) and are read through one filter: the given parts, and of a part
+    named in `rows` only those rows (a shard holds every trial of its features; a feature reads
+    its own). A file without the column is the part its path names."""
+
+    def __init__(self, paths: Iterable[str | Path], parts: list[str],
+                 rows: Mapping[str, Iterable[int]] | None = None) -> None:
+        self.files: dict[int, list[Path]] = {}
+        for f in paths:
+            self.files.setdefault(code_layer(f), []).append(Path(f))
+        self.parts = parts
+        self.rows = {p: sorted(set(map(int, r))) for p, r in (rows or {}).items()}
+
+    def _rows(self, part: str) -> ds.Expression | None:
+        return ds.field("row").isin(self.rows[part]) if part in self.rows else None
+
+    def _filter(self) -> ds.Expression | None:
+        keep = None
+        for p in self.parts:
+            one = ds.field("part") == p
+            extra = self._rows(p)
+            one = one if extra is None else one & extra
+            keep = one if keep is None else keep | one
+        return keep
+
+    def _read(self, f: Path) -> pd.DataFrame | None:
+        # `part` as one categorical over self.parts in every frame, so the layer's frames
+        # concatenate as codes, not as millions of strings.
+        kind = pd.CategoricalDtype(self.parts)
+        data = ds.dataset(str(f))
+        if "part" in data.schema.names:
+            keep = self._filter()
+            df = (data.to_table(filter=keep) if keep is not None else data.schema.empty_table()).to_pandas()
+            col = df["part"]
+            return df.assign(part=col.cat.set_categories(self.parts) if isinstance(col.dtype, pd.CategoricalDtype)
+                             else col.astype(kind))
+        part = f"{f.parent.parent.name}/{f.parent.name}"
+        if part not in self.parts:
+            return None
+        df = data.to_table(filter=self._rows(part)).to_pandas()
+        df.insert(0, "part", pd.Categorical.from_codes(np.full(len(df), self.parts.index(part), np.int32), dtype=kind))
+        return df
+
+    def __getitem__(self, layer: int) -> pd.DataFrame:
+        fs = [df for df in map(self._read, self.files[layer]) if df is not None]
+        if not fs:
+            return pd.DataFrame(columns=["part", "row", "feature", "last", "gen"])
+        return fs[0] if len(fs) == 1 else pd.concat(fs, ignore_index=True)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def read_codes(paths: Iterable[str | Path], parts: list[str],
+               rows: Mapping[str, Iterable[int]] | None = None) -> Codes:
+    """The codes of the given parts per target layer, layers in file order (Codes)."""
+    return Codes(paths, parts, rows)
 
 
 def pairs_of(treated: pd.DataFrame, control: pd.DataFrame, condition: str) -> Pairs:
@@ -104,93 +155,123 @@ def contrasts(patched: pd.DataFrame, baseline: pd.DataFrame) -> list[Contrast]:
     return out
 
 
-def _dense(codes: pd.DataFrame, pos: Mapping[tuple[str, int], int], feats: np.ndarray) -> dict[str, np.ndarray]:
-    """{last, gen}: [len(pos), len(feats)] matrices of the codes of the rows `pos` numbers."""
-    idx = np.array([pos.get(k, -1) for k in zip(codes["part"].astype(str), codes["row"])], dtype=np.int64)
-    sel = idx >= 0
-    col = np.searchsorted(feats, codes["feature"].to_numpy()[sel])
-    out = {}
-    for name in ("last", "gen"):
-        m = np.zeros((len(pos), len(feats)))
-        m[idx[sel], col] = codes[name].to_numpy()[sel]
-        out[name] = m
+def _pair_rows(cons: list[Contrast]) -> tuple[dict[tuple[str, int], int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The trials' numbers (every pair's two rows) and, per contrast, the treated and control
+    numbers with its pairs grouped by prompt (a stable sort: pair order kept within a prompt),
+    and where each prompt's pairs start."""
+    keys = sorted({k for c in cons for k in c.pairs.treated + c.pairs.control})
+    pos = {k: i for i, k in enumerate(keys)}
+    rows_of = []
+    for c in cons:
+        order = np.argsort(pd.factorize(c.pairs.prompt, sort=True)[0], kind="stable")
+        prompt = np.asarray(c.pairs.prompt)[order]
+        starts = np.flatnonzero(np.r_[True, prompt[1:] != prompt[:-1]]) if len(prompt) else np.zeros(0, np.int64)
+        rows_of.append((np.array([pos[k] for k in c.pairs.treated], dtype=np.int64)[order],
+                        np.array([pos[k] for k in c.pairs.control], dtype=np.int64)[order], starts))
+    return pos, rows_of
+
+
+def _frame(c: Contrast, target: int, feats: np.ndarray, cols: dict[str, np.ndarray],
+           labels: dict[str, list[str]]) -> pd.DataFrame:
+    """One contrast's rows at one layer; labels as categoricals of fixed categories, so the
+    frames concatenate (and stream) without turning them into objects."""
+    n = len(feats)
+    cat = {k: pd.Categorical.from_codes(np.full(n, labels[k].index(v), np.int8), categories=labels[k])
+           for k, v in (("condition", c.condition), ("control", c.control), ("scope", c.scope))}
+    cols = {**cols, "test": pd.Categorical.from_codes(cols["test"], categories=TESTS)}
+    return pd.DataFrame({**cat, "target_layer": np.full(n, target, np.int64), "target_feature": feats,
+                         **{k: (cols[k] if np.ndim(cols[k]) else np.full(n, cols[k])) for k in COLUMNS[7:-1]}})
+
+
+def _active(dens: dict[str, np.ndarray], rows: np.ndarray, seen: dict[bytes, np.ndarray]) -> np.ndarray:
+    """Targets non-zero (gen or last) in one of these trials; a side shared by contrasts once."""
+    key = rows.tobytes()
+    if key not in seen:
+        seen[key] = (dens["gen"][rows] != 0).any(0) | (dens["last"][rows] != 0).any(0)
+    return seen[key]
+
+
+def _layer(cons: list[Contrast], rows_of: list[tuple[np.ndarray, np.ndarray, np.ndarray]], feats: np.ndarray,
+           dens: dict[str, np.ndarray], target: int, layer: int, min_delta: float, min_prompts: int,
+           labels: dict[str, list[str]], where: str) -> list[pd.DataFrame]:
+    """Every contrast's rows at one target layer. A contrast writes the targets active in one of
+    its pairs' trials (its scopes alike); a sham, and a forced run upstream of the source, must
+    leave every code as it was (checked), and then only the baseline side is reduced."""
+    sides, seen, jobs = SharedSides(dens), {}, []
+    for c, rows in zip(cons, rows_of):
+        treated, control, _ = rows
+        keep = np.flatnonzero(_active(dens, treated, seen) | _active(dens, control, seen))
+        exact = c.control == "sham" or (target < layer and c.scope == "forced")
+        if exact:
+            check_exact(c, dens[c.column], treated, control, target, target < layer, where)
+        sides.whole(c.column, control)
+        jobs.append((c, sides, rows, keep, exact, min_delta, min_prompts))
+    # 2 threads (the cores the rule has): numpy and BLAS release the GIL in the contrasts' passes
+    with ThreadPoolExecutor(THREADS) as pool:
+        cols = list(pool.map(lambda job: contrast_columns(*job), jobs))
+    return [_frame(c, target, feats[keep], col, labels) for (c, _, _, keep, *_), col in zip(jobs, cols)]
+
+
+def layer_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
+                  min_delta: float, min_prompts: int, where: str = "effects") -> Iterator[tuple[int, pd.DataFrame]]:
+    """(target layer, its rows: COLUMNS but q_within_source) for every captured layer but the
+    source's own, in codes_by_layer's order. Each layer's codes are asked for when reached and
+    its dense matrices dropped before the next (a lazy Mapping holds one layer at a time)."""
+    layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
+    cons = contrasts(patched, baseline)
+    pos, rows_of = _pair_rows(cons)
+    labels = {"condition": sorted({c.condition for c in cons}), "control": list(CONTROLS), "scope": list(SCOPES)}
+    tests = 0
+    bar = tqdm(list(codes_by_layer), desc=f"effects {feature_name(layer, fid)}", unit="layer", mininterval=5)
+    for target in bar:
+        if target == layer:
+            continue
+        feats, dens = dense(codes_by_layer[target], pos)
+        if not len(feats):
+            continue
+        rows = pd.concat(_layer(cons, rows_of, feats, dens, target, layer, min_delta, min_prompts, labels, where),
+                         ignore_index=True)
+        del dens
+        rows.insert(0, "source_feature", fid)
+        rows.insert(0, "source_layer", layer)
+        tests += int(np.isfinite(rows["p_value"].to_numpy()).sum())
+        bar.set_postfix(tests=tests, refresh=False)
+        yield target, rows
+
+
+def empty_rows(layer: int, fid: int) -> pd.DataFrame:
+    """A source's rows when it has none: COLUMNS but q_within_source."""
+    out = pd.DataFrame(columns=COLUMNS[2:-1])
+    out.insert(0, "source_feature", fid)
+    out.insert(0, "source_layer", layer)
     return out
-
-
-def _test(c: Contrast, a: np.ndarray, b: np.ndarray, min_delta: float, min_prompts: int) -> dict[str, np.ndarray]:
-    """The columns of one contrast at one layer: a, b the treated and control codes, pair-aligned."""
-    d = a - b
-    prompts = np.unique(c.pairs.prompt)
-    per_prompt = np.stack([d[c.pairs.prompt == p].mean(0) for p in prompts])
-    delta = d.mean(0)
-    if c.scope == "prompt_last":
-        p, exact = sign_flip_p(per_prompt) if len(prompts) >= MIN_PROMPTS_TESTED else (
-            np.full(d.shape[1], np.nan), np.ones(d.shape[1], bool))  # sign_flip_p: NaN below 2 non-zero
-        test = np.where(np.isnan(p), "none", np.where(exact, "sign_flip_exact", "sign_flip_mc"))
-        n, nonzero = np.full(d.shape[1], len(prompts)), (per_prompt != 0).sum(0)
-    else:
-        p, test = paired_p(d)
-        n, nonzero = np.full(d.shape[1], len(d)), (d != 0).sum(0)
-    spread = np.sqrt((a.var(0) + b.var(0)) / 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        es = np.where(spread > 0, delta / spread, np.sign(delta) * np.inf)
-    big = np.abs(per_prompt) > min_delta
-    rep = ((np.sign(per_prompt) == np.sign(delta)) & big).sum(0)
-    opp = ((np.sign(per_prompt) == -np.sign(delta)) & big).sum(0)
-    return {"mean_baseline": b.mean(0), "mean_patched": a.mean(0), "delta": delta, "effect_size": es,
-            "p_value": p, "test": test, "n": n, "n_nonzero": nonzero, "n_trials": len(d),
-            "n_prompts": len(prompts), "prompts_replicated": rep, "prompts_opposite": opp,
-            "robust": (rep >= min_prompts) & (opp == 0)}
-
-
-def _check_exact(c: Contrast, d: np.ndarray, layer: int, upstream: bool, where: str) -> None:
-    """A sham changes nothing anywhere; nothing changes upstream of a forced patch."""
-    if (c.control == "sham" or (upstream and c.scope == "forced")) and np.any(d != 0):
-        what = "the sham patch" if c.control == "sham" else f"{c.condition}, teacher-forced,"
-        fail(where, f"{what} changed {int((d != 0).any(0).sum())} features at layer {layer} in scope {c.scope} "
-             f"(max |difference| {np.abs(d).max():.3g}); the replay is not exact",
-             "rerun this shard; if it recurs, the replay machinery has a bug: report it with this line")
 
 
 def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
                     min_delta: float, min_prompts: int, where: str = "effects") -> FeatureEffects:
-    """Every contrast of one source feature at every captured layer but its own. `patched` holds
-    one feature's trials; both tables carry a `part` column naming their rows in the codes.
-    q_within_source: BH over the real contrasts' downstream tests; each control's tests are held
-    to a family of that size (stats.bh_with_controls)."""
+    """Every contrast of one source feature at every captured layer but its own: layer_effects
+    collected, the layers downstream of the source with q_within_source (within_source), those
+    upstream as the negative control. `patched` holds one feature's trials; both tables carry a
+    `part` column naming their rows in the codes."""
     layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
-    cons = contrasts(patched, baseline)
-    keys = sorted({k for c in cons for k in c.pairs.treated + c.pairs.control})
-    pos = {k: i for i, k in enumerate(keys)}
-    rows_of = [(np.array([pos[k] for k in c.pairs.treated], dtype=np.int64),
-                np.array([pos[k] for k in c.pairs.control], dtype=np.int64)) for c in cons]
-    frames, tests = [], 0
-    bar = tqdm(codes_by_layer.items(), desc=f"effects {feature_name(layer, fid)}", unit="layer", mininterval=5)
-    for target, codes in bar:
-        if target == layer:
-            continue
-        mine = codes[pd.MultiIndex.from_arrays([codes["part"].astype(str), codes["row"]]).isin(keys)]
-        feats = np.unique(mine["feature"].to_numpy())
-        if not len(feats):
-            continue
-        dense = _dense(mine, pos, feats)
-        for c, (treated, control) in zip(cons, rows_of):
-            a, b = dense[c.column][treated], dense[c.column][control]
-            _check_exact(c, a - b, target, target < layer, where)
-            cols = _test(c, a, b, min_delta, min_prompts)
-            tests += int(np.isfinite(cols["p_value"]).sum())
-            frames.append(pd.DataFrame({"condition": c.condition, "control": c.control, "scope": c.scope,
-                                        "target_layer": target, "target_feature": feats, **cols}))
-        bar.set_postfix(tests=tests, refresh=False)
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS[2:-1])
-    out.insert(0, "source_feature", fid)
-    out.insert(0, "source_layer", layer)
-    up = out["target_layer"] < layer
-    return FeatureEffects(within_source(out[~up].reset_index(drop=True)), out[up].reset_index(drop=True))
+    down, up = [], []
+    for target, rows in layer_effects(patched, baseline, codes_by_layer, min_delta, min_prompts, where):
+        (up if target < layer else down).append(rows)
+    like = (down + up)[0].iloc[:0] if down or up else empty_rows(layer, fid)
+
+    def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True) if frames else like.copy()
+    return FeatureEffects(within_source(cat(down)), cat(up))
+
+
+def q_within_source(p: np.ndarray, condition: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """q_within_source of a source's downstream rows from their p alone: BH over the real rows;
+    each control contrast (by `condition`: labels or their codes) held to the real family's size."""
+    return bh_with_controls(p, condition, real)
 
 
 def within_source(rows: pd.DataFrame) -> pd.DataFrame:
-    """q_within_source: BH over the real rows; each control contrast held to the real family's size."""
-    q = bh_with_controls(rows["p_value"].to_numpy(float), rows["condition"].to_numpy(),
-                         (rows["control"] == "real").to_numpy())
+    """The rows with q_within_source (q_within_source), in COLUMNS' order."""
+    q = q_within_source(rows["p_value"].to_numpy(float), rows["condition"].to_numpy(),
+                        (rows["control"] == "real").to_numpy())
     return rows.assign(q_within_source=q)[COLUMNS]

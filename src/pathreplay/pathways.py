@@ -15,6 +15,8 @@ EDGE_KEY = ["source_layer", "source_feature", "condition", "target_layer", "targ
 NULL_COLUMNS = ["source", "contrast", "scope", "tests", "discoveries", "discoveries_within_source", "min_q",
                 "max_abs_delta", "p_below_alpha", "ks", "ks_p"]
 CHAIN_COLUMNS = ["path", "scope", "condition", "a", "b", "c", "delta_ab", "q_ab", "delta_bc", "q_bc"]
+UPSTREAM_COLUMNS = ["source", "condition", "control", "scope", "layer", "features", "differing", "max_abs_delta",
+                    "tests", "min_p"]
 
 
 def run_wide(effects: pd.DataFrame) -> pd.DataFrame:
@@ -37,6 +39,10 @@ def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame
     for scope in ("forced", "generated"):
         side = real[real["scope"] == scope][EDGE_KEY + ["delta", "q_value"]]
         e = e.merge(side.rename(columns={"delta": f"delta_{scope}", "q_value": f"q_{scope}"}), on=EDGE_KEY, how="left")
+        # effects leaves out a contrast's row of a target inactive in all its trials: delta 0, no q
+        ran = side[EDGE_KEY[:3]].drop_duplicates().assign(_ran=True)
+        ran_here = e[EDGE_KEY[:3]].merge(ran, on=EDGE_KEY[:3], how="left")["_ran"].eq(True).to_numpy()
+        e[f"delta_{scope}"] = e[f"delta_{scope}"].mask(e[f"delta_{scope}"].isna().to_numpy() & ran_here, 0.0)
     rand = effects[(effects["control"] == "random") & significant(effects, alpha, min_delta)]
     rand = rand.assign(condition=rand["condition"].str.removeprefix("random:"), sign=np.sign(rand["delta"]))
     hit = e.assign(sign=np.sign(e["delta"])).merge(rand[EDGE_KEY + ["scope", "sign"]].drop_duplicates(),
@@ -82,7 +88,8 @@ def null_summary(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.Da
     a Kolmogorov-Smirnov distance of the p-values from uniform (sign-flip p-values of few
     non-zero pairs are discrete and conservative, which this distance also counts)."""
     rows = []
-    for (layer, fid, control, scope), g in effects.groupby(["source_layer", "source_feature", "control", "scope"]):
+    for (layer, fid, control, scope), g in effects.groupby(["source_layer", "source_feature", "control", "scope"],
+                                                           observed=True):
         p = g["p_value"].to_numpy(float)
         stat, ks_p = ks_uniform(p)
         big = g["delta"].abs() > min_delta
@@ -101,13 +108,16 @@ def upstream_summary(upstream: pd.DataFrame) -> pd.DataFrame:
     how many differ at all, the largest |delta| and the tests' smallest p. Forced and sham rows
     are exactly 0 here (effects stops the job otherwise); generated ones show what tokens alone move."""
     rows = []
-    for key, g in upstream.groupby(["source_layer", "source_feature", "condition", "control", "scope", "target_layer"]):
+    # features compared: the layer's targets, any contrast's (effects leaves out a contrast's
+    # rows of targets inactive in all its trials: 0 differences, no test)
+    union = upstream.groupby(["source_layer", "source_feature", "target_layer"])["target_feature"].nunique()
+    for key, g in upstream.groupby(["source_layer", "source_feature", "condition", "control", "scope", "target_layer"],
+                                   observed=True):
         rows.append({"source": feature_name(key[0], key[1]), "condition": key[2], "control": key[3],
-                     "scope": key[4], "layer": key[5], "features": len(g),
+                     "scope": key[4], "layer": key[5], "features": int(union[(key[0], key[1], key[5])]),
                      "differing": int((g["n_nonzero"] > 0).sum()), "max_abs_delta": float(g["delta"].abs().max()),
                      "tests": int(g["p_value"].notna().sum()), "min_p": float(g["p_value"].min())})
-    return pd.DataFrame(rows, columns=["source", "condition", "control", "scope", "layer", "features", "differing",
-                                       "max_abs_delta", "tests", "min_p"])
+    return pd.DataFrame(rows, columns=UPSTREAM_COLUMNS)
 
 
 def patch_fidelity(trials: pd.DataFrame) -> pd.DataFrame:

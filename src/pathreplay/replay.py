@@ -56,14 +56,25 @@ class ReplayResult(NamedTuple):
     sample: dict[int, torch.Tensor]
 
 
+class Pending(NamedTuple):
+    """Captures still being copied to the host: the copies' event (None: already there), and per
+    layer the counts of values that are not finite in fp16 and in the states themselves."""
+
+    event: Any
+    flags: dict[int, torch.Tensor]
+    where: str
+
+
 class Batch(NamedTuple):
     """One batch's trial records, captured states per layer (fp16; its first row in float32),
-    and its first patch's STATS per patched step [5, rows, 1 + steps] (None without a patch)."""
+    and its first patch's STATS per patched step [5, rows, 1 + steps] (None without a patch).
+    While `pending`, the states are still being copied: `settle` waits for them."""
 
     records: list[dict[str, Any]]
     states: dict[int, torch.Tensor]
     sample: dict[int, torch.Tensor]
     stats: torch.Tensor | None
+    pending: Pending | None = None
 
 
 class Progress:
@@ -102,7 +113,9 @@ def run_batch(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, eng:
     gen = generate(model, tok, [j.text for j in jobs], [j.seed for j in jobs], max_new_tokens=s.max_new_tokens,
                    temperature=s.temperature, interventions=iv, top_logits=s.top_logits, engine=eng, forced=forced)
     n_valid = torch.tensor([sum(1 for p in keep if p < int(n) - 1) for n in gen.lengths])
-    kept = {b: _kept(iv.states(b), keep, n_valid, f"{where}: block {b}") for b in s.capture_layers}
+    kept = {b: _select(iv.states(b, host=False), keep, n_valid) for b in s.capture_layers}
+    host, event = to_host([t for k in kept.values() for t in k])
+    pending = Pending(event, dict(zip(kept, host[2::3])), where)
     stats = iv.step_stats(0) if patches else None
     fid = _fidelity(stats, gen.lengths) if stats is not None else {}
     records = []
@@ -116,27 +129,73 @@ def run_batch(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, eng:
             rec["top_tokens"] = [tok.decode([t]) for t in gen.top_ids[r].tolist()]
             rec["top_logprobs"] = gen.top_logprobs[r].tolist()
         records.append(rec)
-    return Batch(records, {b: k[0] for b, k in kept.items()}, {b: k[1] for b, k in kept.items()}, stats)
+    b = Batch(records, dict(zip(kept, host[0::3])), dict(zip(kept, host[1::3])), stats, pending)
+    return b if event is not None else settle(b)  # on the CPU there is nothing to overlap
+
+
+def _select(st: torch.Tensor, keep: Sequence[int], n_valid: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On the states' device: the last prompt position and the kept generated positions, zero
+    past a row's own tokens, in fp16; the first row of the same in float32; and the counts of
+    values that are not finite in the fp16 and in the states [2]. Only these cross to the host."""
+    cols = [0] + [1 + p for p in keep]
+    have = torch.tensor([c < st.shape[1] for c in cols])
+    idx = torch.tensor([c if c < st.shape[1] else 0 for c in cols], device=st.device)
+    valid = (have[None, :] & (torch.arange(len(cols))[None, :] <= n_valid[:, None]))[..., None].to(st.device)
+    sel = st.index_select(1, idx)
+    half = sel.half() * valid  # a state rounds straight to fp16 as it would through float32
+    flags = torch.stack([(~torch.isfinite(half)).sum(), (~torch.isfinite(sel)).sum()])
+    return half, sel[:1].float() * valid[:1], flags
+
+
+def _check(flags: torch.Tensor, where: str) -> None:
+    """A non-finite state, or one fp16 storage cannot hold, stops the job with one line."""
+    bad, bad_states = (int(x) for x in flags)
+    if bad:
+        why = "the model's states are not finite" if bad_states else "states exceed fp16's range"
+        fail(where, f"{bad} captured values are inf or NaN ({why})",
+             "check the model and SAE weights for NaN/inf and the patch targets' size, or load the model in float32")
 
 
 def _kept(st: torch.Tensor, keep: Sequence[int], n_valid: torch.Tensor, where: str
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last prompt position and the kept generated positions, zero past a row's own tokens,
-    in fp16, with the first row also in float32 (a copy, so the float32 batch is let go); a
-    non-finite state, or one fp16 storage cannot hold, stops the job with one line."""
-    out = torch.zeros(st.shape[0], 1 + len(keep), st.shape[-1])
-    out[:, 0] = st[:, 0].float()
-    for k, p in enumerate(keep):
-        if 1 + p < st.shape[1]:
-            out[:, 1 + k] = st[:, 1 + p].float()
-    out[:, 1:] *= (torch.arange(len(keep))[None, :] < n_valid[:, None])[..., None]
-    half = out.half()
-    if not torch.isfinite(half).all():
-        bad = int((~torch.isfinite(half)).sum())
-        why = "the model's states are not finite" if not torch.isfinite(out).all() else "states exceed fp16's range"
-        fail(where, f"{bad} captured values are inf or NaN ({why})",
-             "check the model and SAE weights for NaN/inf and the patch targets' size, or load the model in float32")
-    return half, out[:1].clone()
+    """`_select` checked at once: (fp16 states, float32 first row)."""
+    half, sample, flags = _select(st, keep, n_valid)
+    _check(flags, where)
+    return half, sample
+
+
+_SIDE: dict[torch.device, Any] = {}  # per GPU, the stream captures are copied to the host on
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
+    """The tensors on the host, and the event their copies complete at (None: done). From a GPU
+    they go to pinned memory on a side stream, so the next batch's steps decode meanwhile; the
+    caching allocator keeps each source alive until its copy has run (record_stream)."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [t.cpu() for t in tensors], None
+    dev = tensors[0].device
+    side = _SIDE.setdefault(dev, torch.cuda.Stream(dev))
+    side.wait_stream(torch.cuda.current_stream(dev))
+    out = []
+    with torch.cuda.stream(side):
+        for t in tensors:
+            out.append(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True))
+            t.record_stream(side)
+    event = torch.cuda.Event()
+    event.record(side)
+    return out, event
+
+
+def settle(b: Batch) -> Batch:
+    """The batch with its captures on the host and checked (see _check)."""
+    if b.pending is None:
+        return b
+    if b.pending.event is not None:
+        b.pending.event.synchronize()
+    for block, flags in b.pending.flags.items():
+        _check(flags, f"{b.pending.where}: block {block}")
+    return b._replace(pending=None)
 
 
 def _fidelity(stats: torch.Tensor, lengths: torch.Tensor) -> dict[str, list[float]]:
@@ -197,6 +256,7 @@ def job_patch(jobs: Sequence[Job], block: int, feature: Feature, s: ReplaySettin
 
 def from_batches(done: Sequence[Batch], layers: Sequence[int]) -> ReplayResult:
     """Batches as one result, `row` numbering the stacked states."""
+    done = [settle(b) for b in done]
     records = [rec for b in done for rec in b.records]
     trials = pd.DataFrame(records).drop(columns=["text"]) if records else pd.DataFrame()
     if len(trials):

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import fail
+from .fast_encode import FastWeights, exact_encode, prepare, weights_key
 from .features import feature_name
 from .sae_files import SAEMeta, exact_tensors, read_meta, sae_dir
 
@@ -52,14 +53,37 @@ class Feature(NamedTuple):
 class SAE(torch.nn.Module):
     """A whole SAE layer in the exact affine-threshold form."""
 
+    W: torch.Tensor  # buffers, registered in __init__
+    b: torch.Tensor
+    t: torch.Tensor
+    U: torch.Tensor
+    c: torch.Tensor
+
     def __init__(self, meta: SAEMeta, W: torch.Tensor, b: torch.Tensor, t: torch.Tensor,
                  U: torch.Tensor, c: torch.Tensor) -> None:
         super().__init__()
         self.meta = meta
         for name, v in dict(W=W, b=b, t=t, U=U, c=c).items():
             self.register_buffer(name, v.float().contiguous())
+        self._fast: FastWeights | None = None  # bf16 W and per-feature margins, built on first use
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def fast_weights(self) -> FastWeights:
+        """The exact fast path's per-feature tensors, rebuilt when W, b or t moves or changes."""
+        if self._fast is None or self._fast.key != weights_key(self.W, self.b, self.t):
+            self._fast = prepare(self.W, self.b, self.t)
+        return self._fast
+
+    def encode(self, x: torch.Tensor, exact_fast: bool = False) -> torch.Tensor:
+        """f[..., d_sae] float32. exact_fast screens with a bf16 GEMM and recomputes in float32
+        every entry that may be active (fast_encode): the same active set and values as the
+        float32 path. Off by default: on cuBLAS the recompute's shape follows the other rows of
+        its chunk, and the sham control needs equal states to give equal codes to the bit, which
+        tests/test_fast_encode.py checks on a GPU (benchmarks/gpu_check.sh) before it is turned
+        on. Top-k SAEs always take the float32 path."""
+        if exact_fast and self.meta.activation != "topk":
+            flat = x.reshape(-1, x.shape[-1])
+            f, _ = exact_encode(flat, self.W, self.b, self.t, self.fast_weights())
+            return f.view(*x.shape[:-1], f.shape[-1])
         pre = x.to(self.W.dtype) @ self.W.T + self.b
         if self.meta.activation == "topk":
             assert self.meta.k is not None

@@ -8,6 +8,8 @@ import pandas as pd
 from scipy import special
 from scipy import stats as sps
 
+from .signflip import DRAWS, EXACT_FLIPS, T_FROM, paired_p, sign_flip_p  # noqa: F401  (the paired tests live there)
+
 
 def cohen_d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cohen's d of a vs b per column (pooled SD); NaN where both groups are constant."""
@@ -62,63 +64,6 @@ def bh_with_controls(p: np.ndarray, family: np.ndarray, real: np.ndarray) -> np.
         sel = ~real & (family == f)
         q[sel] = bh(p[sel], m=max(m, int((~np.isnan(p[sel])).sum())))
     return q
-
-
-EXACT_FLIPS = 12  # up to this many non-zero differences a sign-flip test enumerates every pattern
-DRAWS = 4095  # random sign patterns above that
-T_FROM = 30  # from this many non-zero differences on, the paired t-test
-
-
-def sign_flip_p(d: np.ndarray, draws: int = DRAWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided sign-flip p of sum(d) = 0 per column, over each column's k non-zero entries
-    (a zero difference flips to itself): the share of sign patterns whose |sum| reaches the
-    observed one. Exact over all 2^k patterns up to k = EXACT_FLIPS (so p >= 2 / 2^k), else
-    (1 + hits) / (1 + draws) over `draws` random patterns, never 0. NaN for k < 2. Returns
-    (p, exact) per column."""
-    n, F = d.shape
-    k = (d != 0).sum(0)
-    p = np.full(F, np.nan)
-    exact = k <= EXACT_FLIPS
-    rng = np.random.default_rng(seed)
-    for kk in np.unique(k[k >= 2]):
-        cols = np.flatnonzero(k == kk)
-        if kk <= EXACT_FLIPS:
-            signs = 1 - 2 * ((np.arange(2**kk)[:, None] >> np.arange(kk)[None, :]) & 1).astype(float)
-        else:
-            signs = rng.choice([-1.0, 1.0], size=(draws, kk))
-        for c0 in range(0, len(cols), max(1, 2**22 // len(signs))):  # bounded memory
-            c = cols[c0: c0 + max(1, 2**22 // len(signs))]
-            vals = d[:, c].T
-            vals = vals[vals != 0].reshape(len(c), kk)
-            obs = np.abs(vals.sum(1))
-            hits = (np.abs(vals @ signs.T) >= obs[:, None] * (1 - 1e-12)).sum(1)
-            p[c] = hits / len(signs) if kk <= EXACT_FLIPS else (1 + hits) / (1 + draws)
-    return p, exact
-
-
-def paired_p(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided p of mean(d) = 0 per column of paired differences d [pairs, columns], and the
-    test used: the sign-flip test (sign_flip_p) while a column has fewer than T_FROM non-zero
-    differences (few pairs, or mostly zeros with a few large values: diverged tokens, a sparse
-    feature), the one-sample t-test over all pairs from there on (where every difference is the
-    same, the exact sign-flip p 2 / 2^k, never 0). NaN (`none`) for fewer than 2 non-zero
-    differences: nothing to test."""
-    n = d.shape[0]
-    k = (d != 0).sum(0)
-    small = k < T_FROM  # only these columns use the sign-flip test: the rest skip its draws
-    flip, exact = np.full(d.shape[1], np.nan), k <= EXACT_FLIPS
-    if small.any():
-        flip[small] = sign_flip_p(d[:, small])[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sd = d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1])
-        t = d.mean(0) / (sd / np.sqrt(n))
-        tp = 2 * sps.t.sf(np.abs(t), max(n - 1, 1))
-    # equal non-zero differences leave t undefined; their exact sign-flip p is 2 / 2^k, not 0
-    tp = np.where(sd > 0, tp, 2.0 ** (1 - k.astype(float)))
-    use_t = k >= T_FROM
-    p = np.where(use_t, tp, flip)
-    test = np.where(k < 2, "none", np.where(use_t, "t", np.where(exact, "sign_flip_exact", "sign_flip_mc")))
-    return np.where(k < 2, np.nan, p), test
 
 
 def ks_uniform(p: np.ndarray) -> tuple[float, float]:

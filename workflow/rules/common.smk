@@ -4,6 +4,7 @@ import os
 import sys
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
@@ -133,9 +134,34 @@ def table_columns(path):
     )
 
 
+class Plan(NamedTuple):
+    """The replay plan as the input functions ask for it: built once per version of the file."""
+
+    path: str
+    shards: list  # sorted
+    prompts: list  # sorted
+    features: list  # sorted
+    shard_prompts: dict  # shard -> its prompts, sorted
+    feature_shard: dict  # feature -> its shard
+    feature_prompts: dict  # feature -> its prompts, sorted
+
+
 @cache
 def _read_plan(path, mtime_ns):
-    return pd.read_csv(path, sep="\t")
+    df = pd.read_csv(path, sep="\t", usecols=["feature", "shard", "prompt_id"])
+
+    def prompts_by(key):
+        return {k: sorted(set(g)) for k, g in df.groupby(key)["prompt_id"]}
+
+    return Plan(
+        path,
+        sorted(df["shard"].unique()),
+        sorted(df["prompt_id"].unique()),
+        sorted(df["feature"].unique()),
+        prompts_by("shard"),
+        dict(zip(df["feature"], df["shard"])),
+        prompts_by("feature"),
+    )
 
 
 def _plan():
@@ -145,30 +171,24 @@ def _plan():
 
 
 def replay_shards(wildcards=None):
-    return sorted(_plan()["shard"].unique())
+    return _plan().shards
 
 
 def replay_prompts(wildcards=None):
-    return sorted(_plan()["prompt_id"].unique())
+    return _plan().prompts
 
 
 def selected_features(wildcards=None):
-    return sorted(_plan()["feature"].unique())
-
-
-def layer_states(wildcards):
-    """Every captured state file of one layer, baseline and patched."""
-    return [
-        f"results/replay/baseline/{p}/L{wildcards.layer}.safetensors"
-        for p in replay_prompts()
-    ] + [
-        f"results/replay/patched/{s}/L{wildcards.layer}.safetensors"
-        for s in replay_shards()
-    ]
+    return _plan().features
 
 
 def baseline_trials(prompts):
     return [f"results/replay/baseline/{p}/trials.parquet" for p in sorted(prompts)]
+
+
+def codes(parts, layers=LAYERS):
+    """The codes files of the given parts (`baseline/<prompt>`, `patched/<shard>`), layer by layer."""
+    return [f"results/encode/{p}/L{t}.parquet" for t in layers for p in parts]
 
 
 def patched_inputs(wildcards):
@@ -177,25 +197,34 @@ def patched_inputs(wildcards):
     plan = _plan()
     return {
         "prompts": config["prompts"]["file"],
-        "plan": checkpoints.select_prompts.get().output.plan,
+        "plan": plan.path,
         "selected": "results/features/selected.tsv",
-        "baseline": baseline_trials(
-            plan.loc[plan["shard"] == wildcards.shard, "prompt_id"].unique()
-        ),
+        "baseline": baseline_trials(plan.shard_prompts[wildcards.shard]),
     }
 
 
 def effects_inputs(wildcards):
+    """A feature's trials and the codes of only the parts they sit in: its shard and its
+    prompts' baselines, at every layer (upstream layers: a control)."""
     plan = _plan()
-    mine = plan[plan["feature"] == wildcards.feature]
+    shard = plan.feature_shard[wildcards.feature]
+    prompts = plan.feature_prompts[wildcards.feature]
     return {
-        "plan": checkpoints.select_prompts.get().output.plan,
-        "patched": f"results/replay/patched/{mine['shard'].iloc[0]}/trials.parquet",
-        "baseline": baseline_trials(mine["prompt_id"].unique()),
-        "codes": [
-            f"results/encode/L{t}.parquet" for t in LAYERS
-        ],  # upstream layers: a control
+        "plan": plan.path,
+        "patched": f"results/replay/patched/{shard}/trials.parquet",
+        "baseline": baseline_trials(prompts),
+        "codes": codes([f"baseline/{p}" for p in prompts] + [f"patched/{shard}"]),
     }
+
+
+def quality_inputs(wildcards=None):
+    """Every baseline part's partial quality sums, layer by layer, prompts sorted: the order
+    sae_quality merges them in."""
+    return [
+        f"results/qc/sae_quality/{p}/L{t}.safetensors"
+        for t in LAYERS
+        for p in replay_prompts()
+    ]
 
 
 def pathway_inputs(wildcards=None):

@@ -32,6 +32,7 @@ rule pathways:
         "results/logs/pathways.log",
     conda:
         "../../envs/pathreplay.yaml"
+    threads: 2
     params:
         stats=pick("stats", "alpha", "min_delta"),
     script:

@@ -1,17 +1,18 @@
-import pandas as pd
-
-from pathreplay.encode import encode_parts, part_of
+from pathreplay.encode import encode_part, part_of, save_partial
 from pathreplay.io import write_table
 from pathreplay.sae import SAESource
 from pathreplay.workflow import claim_device, run_script
 
 
 def main(sm):
-    layer = int(sm.wildcards.layer)
-    sae = SAESource(**sm.params.saes).load(layer, claim_device(sm.params.device))
-    codes, quality = encode_parts(sae, [(part_of(f), f) for f in sm.input], layer)
-    write_table(codes, sm.output.codes)
-    write_table(pd.DataFrame([quality._asdict()]), sm.output.quality)
+    source, device = SAESource(**sm.params.saes), claim_device(sm.params.device)
+    for i, (layer, states) in enumerate(zip(sm.params.layers, sm.input, strict=True)):
+        sae = source.load(layer, device)  # one SAE resident at a time
+        codes, partial = encode_part(sae, part_of(states), states)
+        write_table(codes, sm.output.codes[i])
+        if partial is not None:  # a baseline part: its share of the layer's quality sums
+            save_partial(partial, sm.output.quality[i])
+        del sae
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -1,9 +1,19 @@
-from pathreplay.io import read_tables, write_table
+import pandas as pd
+
+from pathreplay.effects import code_layer
+from pathreplay.encode import load_partial, log_quality, merge_quality
+from pathreplay.io import write_table
 from pathreplay.workflow import run_script
 
 
 def main(sm):
-    write_table(read_tables(sm.input), sm.output[0])
+    parts = {}  # layer -> its baseline parts' partial sums, in input order (prompts sorted)
+    for f in sm.input:
+        parts.setdefault(code_layer(f), []).append(load_partial(f))
+    rows = [merge_quality(layer, ps) for layer, ps in parts.items()]
+    for q in rows:
+        log_quality(q)
+    write_table(pd.DataFrame([q._asdict() for q in rows]), sm.output[0])
 
 
 run_script(snakemake, main)  # noqa: F821

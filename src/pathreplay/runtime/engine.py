@@ -19,9 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import kernels
 from ..model import decoder_layers
+from . import kernels, prefix
 from .patch import Interventions
+from .prefix import Prefix, groups_of
 from .static import Store
 
 BUCKET = 32  # a decode step reads the cache up to the next multiple: one graph per bucket
@@ -91,9 +92,14 @@ class Engine:
 
     Each block's q/k/v projections, and its gate/up projections, run as one matrix product:
     the engine concatenates their weights once and makes the model's own weights views of the
-    result, so the model computes as before and no memory is added."""
+    result, so the model computes as before and no memory is added.
 
-    def __init__(self, model: Any, batch: int, max_len: int, graphs: bool | None = None) -> None:
+    `share`: run each distinct prompt's tokens but the last once and let its rows attend to them
+    (runtime.prefix), where the interventions allow it (`shares`); else every row's prompt is
+    run and attended to in its own cache."""
+
+    def __init__(self, model: Any, batch: int, max_len: int, graphs: bool | None = None,
+                 share: bool = True) -> None:
         cfg = model.config
         self.model, self.layers = model, decoder_layers(model)
         p = next(model.parameters())
@@ -107,6 +113,8 @@ class Engine:
         self.keys = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
         self.cur = torch.zeros(1, dtype=torch.long, device=p.device)  # first unfilled column
         self.filled = 0  # host copy of cur
+        self.share = share
+        self.prefix: Prefix | None = None  # the batch's shared prompt cache, when it has one
         self.store = Store()  # what graphed steps read and write, kept across batches
         self.graphs = p.device.type == "cuda" if graphs is None else graphs
         self._graphs: dict[tuple, Any] = {}
@@ -135,20 +143,30 @@ class Engine:
         return mask
 
     def _attention(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   cols: torch.Tensor, bias: torch.Tensor, L: int) -> torch.Tensor:
-        """Attention of x's s new tokens (keys written at columns `cols`) over columns :L, with
-        `bias` (0 or -inf, [B * n_kv, g * s, L]) added to the scores; the heads' outputs
-        [B, s, n_heads * hd], before o_proj."""
+                   cols: torch.Tensor, bias: torch.Tensor, L: int, cache: tuple[torch.Tensor, torch.Tensor]
+                   ) -> torch.Tensor:
+        """Attention of x's s new tokens (keys written into `cache` at columns `cols`) over its
+        columns :L and the shared prompt's, with `bias` (0 or -inf, [B * n_kv, g * s, L]) added
+        to the own scores; the heads' outputs [B, s, n_heads * hd], before o_proj."""
         B, s, _ = x.shape
         nq, nkv, hd, g = self.n_heads, self.n_kv, self.hd, self.group
+        kc, vc = cache[0][i, :B], cache[1][i, :B]
         qkv = F.linear(x, *self.qkv[i]).view(B, s, nq + 2 * nkv, hd)
         # Grouped: q's rows for KV head j are its query heads g*j..g*j+g-1, which read the
         # cache in place; no copy of it.
-        q = kernels.rope_write(qkv, cos, sin, cols, self.k[i, :B], self.v[i, :B], nkv)
-        keys = self.k[i, :B, :, :L].reshape(B * nkv, L, hd)
+        q = kernels.rope_write(qkv, cos, sin, cols, kc, vc, nkv)
+        keys = kc[:, :, :L].reshape(B * nkv, L, hd)
         att = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scaling)
-        w = torch.softmax(att, dim=-1)  # accumulates in float32 whatever att's dtype, rounds once
-        o = torch.bmm(w, self.v[i, :B, :, :L].reshape(B * nkv, L, hd))
+        own = vc[:, :, :L].reshape(B * nkv, L, hd)
+        pre = self.prefix
+        if pre is None:
+            w = torch.softmax(att, dim=-1)  # accumulates in float32 whatever att's dtype, rounds once
+            o = torch.bmm(w, own)
+        else:
+            shared = prefix.scores(q, pre.k[i], pre.bias, pre.groups, nkv, self.scaling)
+            P = shared.shape[-1]
+            w = torch.softmax(torch.cat([shared, att], -1), dim=-1)  # one softmax over both parts
+            o = torch.baddbmm(prefix.values(w, pre.v[i], pre.groups, nkv), w[..., P:], own)
         return o.view(B, nkv, g, s, hd).permute(0, 3, 1, 2, 4).reshape(B, s, nq * hd)
 
     def _mlp(self, i: int, mlp: Any, x: torch.Tensor) -> torch.Tensor:
@@ -160,33 +178,85 @@ class Engine:
         return mlp.act_fn(gate) * up
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, L: int,
-                 iv: Interventions | None) -> torch.Tensor:
-        """Every block on ids [B, s] at positions pos, reading keys mask [B, 1, s, L]; logits of
-        the last column. Patches and captures of `iv` apply between blocks; advances cur by s."""
+                 iv: Interventions | None, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 cur: torch.Tensor | None = None) -> torch.Tensor:
+        """Every block on ids [B, s] at positions pos, reading keys mask [B, 1, s, L] of `cache`
+        (default: the rows' own) from column `cur` on (default: self.cur, advanced by s); logits
+        of the last column. Patches and captures of `iv` apply between blocks."""
         base = self.model.model
         B, s = ids.shape
+        cache = cache or (self.k, self.v)
+        cur = self.cur if cur is None else cur
         x = base.embed_tokens(ids)
         cos, sin = base.rotary_emb(x, pos)
-        cols = self.cur + torch.arange(s, device=ids.device)
+        cols = cur + torch.arange(s, device=ids.device)
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         bias = bias[:, :, None].expand(B, self.n_kv, self.group, s, L).reshape(B * self.n_kv, self.group * s, L)
         for i, layer in enumerate(self.layers):
-            a = self._attention(i, _norm(layer.input_layernorm, x), cos, sin, cols, bias, L)
+            a = self._attention(i, _norm(layer.input_layernorm, x), cos, sin, cols, bias, L, cache)
             _add_linear(x, a, layer.self_attn.o_proj)
             _add_linear(x, self._mlp(i, layer.mlp, _norm(layer.post_attention_layernorm, x)), layer.mlp.down_proj)
             if iv is not None:
                 x = iv.patch(i, x)
                 iv.capture(i, x)
-        self.cur += s
+        cur += s
         return self.model.lm_head(_norm(base.norm, x[:, -1:]))[:, -1]
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, iv: Interventions | None,
                 chunk: int = 0) -> torch.Tensor:
-        """The prompt ids [B, n] (padding mask, positions), in chunks of `chunk` tokens
-        (0: PREFILL_TOKENS // rows); logits of its last column. Earlier chunks run in the `chunk`
-        phase, so `exp2` patches and last-position captures act on the final chunk's last column
-        only."""
+        """The prompt ids [B, n] (padding mask, positions); logits of its last column.
+
+        Shared (`shares`): each distinct prompt's tokens but the last run once, as one row
+        without padding, in chunks of `chunk` tokens (0: PREFILL_TOKENS), into the shared cache;
+        then every row's last prompt token in one pass, in the `prefill` phase, where `exp2`
+        patches and last-position captures act. Unshared: every row's whole prompt, in chunks of
+        `chunk` tokens (0: PREFILL_TOKENS // rows), earlier chunks in the `chunk` phase."""
+        self.prefix = None
+        groups = groups_of(ids, mask) if self.shares(iv) else None
+        if groups is None:
+            return self._prefill_rows(ids, mask, pos, iv, chunk)
+        self._prefill_shared(ids, mask, pos, groups, chunk)
+        B = ids.shape[0]
+        self.reset(torch.ones(B, 1, dtype=torch.bool, device=ids.device))
+        if iv is not None:
+            iv.phase = "prefill"
+        logits = self._forward(ids[:, -1:], pos[:, -1:], self._prompt_mask(B, 1), 1, iv)
+        self.filled = 1
+        return logits
+
+    def shares(self, iv: Interventions | None) -> bool:
+        """Whether prompts can be shared under these interventions: nothing they do touches a
+        prompt position but the last (patches at `exp2` or `generated` positions, captures of
+        the last prompt position only)."""
+        return self.share and (iv is None or (iv.capture_prompt == "last"
+                                              and all(p.positions != "all" for p in iv.patches)))
+
+    def _prefill_shared(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                        groups: prefix.Groups, chunk: int) -> None:
+        """Each group's prompt but its last token into the shared cache (self.prefix), with the
+        group's own positions; columns past a prompt's length are masked out."""
+        lens = [int(mask[a].sum()) - 1 for a, _ in groups]
+        P = max(1, -(-max(lens) // BUCKET)) * BUCKET  # bucketed, so graphs serve other prompts
+        dev, dt = self.k.device, self.k.dtype
+        shape = (len(self.layers), len(groups), self.n_kv, P, self.hd)
+        k, v = self.store.zeros("eng.prefix.k", shape, dt, dev), self.store.zeros("eng.prefix.v", shape, dt, dev)
+        bias = self.store.zeros("eng.prefix.bias", (len(groups), 1, 1, P), dt, dev)
+        for j, ((a, _), n) in enumerate(zip(groups, lens)):
+            bias[j, ..., n:] = float("-inf")
+            real = mask[a].bool()
+            t, p = ids[a, real][None, :n], pos[a, real][None, :n]
+            cur = torch.zeros(1, dtype=torch.long, device=dev)
+            step = max(1, min(n, chunk or PREFILL_TOKENS))
+            for c0 in range(0, n, step):
+                s = min(step, n - c0)
+                causal = torch.ones(s, c0 + s, dtype=torch.bool, device=dev).tril(c0)[None, None]
+                self._forward(t[:, c0: c0 + s], p[:, c0: c0 + s], causal, c0 + s, None,
+                              (k[:, j: j + 1], v[:, j: j + 1]), cur)
+        self.prefix = Prefix(k, v, bias, groups)
+
+    def _prefill_rows(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, iv: Interventions | None,
+                      chunk: int) -> torch.Tensor:
         self.reset(mask)
         B, n = ids.shape
         step = min(n, chunk or max(1, PREFILL_TOKENS // B))
@@ -231,7 +301,8 @@ class Engine:
             self._graphs.clear()  # their memory pool goes with them: later captures need a new one
             self._pool = None
             self._graph_version = self.store.version
-        key = (rows.tok.shape[0], L, rows.temperature, rows.pad, rows.forced is not None) + (
+        shared = None if self.prefix is None else (self.prefix.groups, self.prefix.k.shape[3])
+        key = (rows.tok.shape[0], L, rows.temperature, rows.pad, rows.forced is not None, shared) + (
             () if iv is None else (tuple(iv.capture_blocks), tuple(
                 (p.block, p.mode, p.positions, p.feature.index, p.feature.b, p.feature.threshold,
                  id(p.sae)) for p in iv.patches)))

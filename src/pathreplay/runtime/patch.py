@@ -241,11 +241,12 @@ class Interventions:
             for hnd in handles:
                 hnd.remove()
 
-    def states(self, block: int) -> torch.Tensor:
-        """Captured outputs of `block` on the CPU: [batch, positions, d_model] (prompt part first,
-        then one column per decode step)."""
+    def states(self, block: int, host: bool = True) -> torch.Tensor:
+        """Captured outputs of `block` on the CPU (host) or their device: [batch, positions,
+        d_model] (prompt part first, then one column per decode step)."""
         parts = self.captured[block] + ([self.decoded[block][:, : self.steps]] if self.steps else [])
-        return torch.cat(parts, dim=1).cpu()
+        out = torch.cat(parts, dim=1)
+        return out.cpu() if host else out
 
     def step_stats(self, j: int = 0) -> torch.Tensor:
         """Patch j's STATS per patched step on the CPU, [5, batch, 1 + steps]: column 0 the
