@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -25,3 +26,16 @@ def test_replay_benchmark_writes_positive_finite_rates(tmp_path):
         assert len(rates) == 10 and all(math.isfinite(v) and v > 0 for v in rates.values()), rates
         assert r["mem_bound_gb"] > 1
     assert res["encode_rows_per_s"] > 0
+
+
+def test_scale_rehearsal_runs_every_stage_at_a_small_shape():
+    # The stages call the library as the rules do; at this shape the planted targets make edges.
+    run = subprocess.run([sys.executable, "benchmarks/scale.py", "--layers", "4", "--d-sae", "4096", "--sources", "4",
+                          "--trials", "10", "--l0-gen", "100", "--l0-last", "20"],
+                         cwd=ROOT, check=False, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = {line.split("|")[1].strip(): line for line in run.stdout.splitlines() if line.startswith("| ")}
+    for stage in ("generate", "effects", "sources", "pathways"):
+        assert int(table[stage].split("|")[-2].replace(",", "")) > 0, table.get(stage)
+    assert "'edges': 0," not in run.stdout and "'edges':" in run.stdout

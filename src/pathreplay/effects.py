@@ -79,6 +79,7 @@ class Codes(Mapping[int, pd.DataFrame]):
             self.files.setdefault(code_layer(f), []).append(Path(f))
         self.parts = parts
         self.rows = {p: sorted(set(map(int, r))) for p, r in (rows or {}).items()}
+        self.keep = self._filter()  # built once: every file with a `part` column reads through it
 
     def _rows(self, part: str) -> ds.Expression | None:
         return ds.field("row").isin(self.rows[part]) if part in self.rows else None
@@ -98,7 +99,7 @@ class Codes(Mapping[int, pd.DataFrame]):
         kind = pd.CategoricalDtype(self.parts)
         data = ds.dataset(str(f))
         if "part" in data.schema.names:
-            keep = self._filter()
+            keep = self.keep
             df = (data.to_table(filter=keep) if keep is not None else data.schema.empty_table()).to_pandas()
             col = df["part"]
             return df.assign(part=col.cat.set_categories(self.parts) if isinstance(col.dtype, pd.CategoricalDtype)

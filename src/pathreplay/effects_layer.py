@@ -146,9 +146,10 @@ def _tested(scope: str, a: Side, b: Side, starts: np.ndarray) -> tuple[dict[str,
     per_prompt = np.add.reduceat(d, starts, axis=0) / counts[:, None] if len(d) else np.zeros((0, m))
     delta = d.mean(0)
     if scope == "prompt_last":
-        p = sign_flip_p(per_prompt)[0] if len(starts) >= MIN_PROMPTS_TESTED else np.full(m, np.nan)
+        untested = (np.full(m, np.nan), np.ones(m, bool))
+        p, exact = sign_flip_p(per_prompt) if len(starts) >= MIN_PROMPTS_TESTED else untested
         k = (per_prompt != 0).sum(0)
-        code = np.where(np.isnan(p), 0, np.where(k <= 12, 2, 3)).astype(np.int8)  # codes of TESTS
+        code = np.where(np.isnan(p), 0, np.where(exact, 2, 3)).astype(np.int8)  # codes of TESTS
         cols = {"p_value": p, "test": code, "n": np.full(m, len(starts)), "n_nonzero": k}
     else:
         r = paired_test(d)

@@ -47,7 +47,7 @@ def write_effects(layers: Iterable[tuple[int, pd.DataFrame]], source_layer: int,
                   effects: str | os.PathLike[str], upstream: str | os.PathLike[str]) -> dict[str, int]:
     """Write effects.layer_effects' layers: those downstream of the source with q_within_source to
     `effects`, the others to `upstream`; the same rows, columns and values as feature_effects'
-    two tables. Returns counts: effects and upstream rows, tests, real tests, real q < 0.05."""
+    two tables. Returns counts: effects and upstream rows, tests, real tests."""
     with atomic_path(upstream) as up_tmp, atomic_path(effects) as eff_tmp:
         up = _Parquet(up_tmp)
         staged = Path(tempfile.mkstemp(prefix=f".{Path(effects).name}.", suffix=".staged", dir=eff_tmp.parent)[1])
@@ -60,8 +60,7 @@ def write_effects(layers: Iterable[tuple[int, pd.DataFrame]], source_layer: int,
         finally:
             staged.unlink(missing_ok=True)
     return {"effects_rows": down, "upstream_rows": up.rows, "tests": int(np.isfinite(p).sum()),
-            "real_tests": int(np.isfinite(p[real.astype(bool)]).sum()),
-            "discoveries_within_source": int(((q < 0.05) & real.astype(bool)).sum())}
+            "real_tests": int(np.isfinite(p[real.astype(bool)]).sum())}
 
 
 def _stage(layers: Iterable[tuple[int, pd.DataFrame]], source_layer: int, up: _Parquet,

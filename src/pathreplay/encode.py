@@ -140,7 +140,8 @@ def encode_part(sae: SAE, part: str, path: str | Path, chunk: int = 8192
         ever |= (f[v] > 0).any(0)
     nz = torch.nonzero((last != 0) | (gen != 0))
     codes = pd.DataFrame({
-        "part": pd.Categorical([part] * len(nz)), "row": nz[:, 0].numpy().astype(np.int32),
+        "part": pd.Categorical.from_codes(np.zeros(len(nz), np.int8), categories=[part]),
+        "row": nz[:, 0].numpy().astype(np.int32),
         "feature": nz[:, 1].numpy().astype(np.int32),
         "last": last[nz[:, 0], nz[:, 1]].numpy(), "gen": gen[nz[:, 0], nz[:, 1]].numpy()})
     log.info("%s: %d rows encoded, %d non-zero codes", part, rows, len(codes))

@@ -73,11 +73,13 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         raise ValueError(f"unsupported table suffix {suffix!r} for {path}")
 
 
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a table written by write_table."""
+def read_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a table written by write_table (only `columns`, where given: from Parquet, only
+    these are read)."""
     if Path(path).suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, sep="\t")
+        return pd.read_parquet(path, columns=columns)
+    t = pd.read_csv(path, sep="\t")
+    return t if columns is None else t[columns]
 
 
 def read_tables(paths: Sequence[str | os.PathLike[str]], empty: pd.DataFrame | None = None) -> pd.DataFrame:

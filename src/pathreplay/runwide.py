@@ -93,14 +93,6 @@ def bh_sorted(p: np.ndarray, m: int) -> np.ndarray:
     return np.minimum(q, 1.0, out=q)
 
 
-def read_columns(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """A table's columns as io.read_table gives them (Parquet: only these are read)."""
-    if Path(path).suffix == ".parquet":
-        return pd.read_parquet(path, columns=columns)
-    t = read_table(path)
-    return t if columns is None else t[columns]
-
-
 def codes_of(s: pd.Series) -> tuple[np.ndarray, list]:
     """A column as integer codes (-1: missing) and their labels (ints: the values, no labels)."""
     if isinstance(s.dtype, pd.CategoricalDtype):
@@ -116,7 +108,7 @@ def families(paths: Sequence[str | Path]) -> RunWide:
     chunks: dict[str, list[np.ndarray]] = {}
     files = []
     for path in paths:
-        f = read_columns(path, ["control", "p_value"])
+        f = read_table(path, ["control", "p_value"])
         if not len(f):
             continue
         files.append(str(path))
@@ -239,7 +231,7 @@ def take_rows(path: str | Path, f: pd.DataFrame, rows: np.ndarray) -> pd.DataFra
     others decoded from only the row groups that hold the rows and converted as pd.read_parquet
     converts them (the taken rows go through an in-memory Parquet file)."""
     if Path(path).suffix != ".parquet":
-        return read_columns(path).iloc[rows].reset_index(drop=True)
+        return read_table(path).iloc[rows].reset_index(drop=True)
     pf = pq.ParquetFile(path)
     names = [c for c in pf.schema_arrow.names if not c.startswith("__")]
     rest = [c for c in names if c not in f.columns]
@@ -303,7 +295,7 @@ _RUN: dict[str, Any] = {}  # pass 2's families and thresholds, shared with forke
 def _source(path: str) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     """Pass 2 of one effects file: its null rows (keys, values) and the rows edges reads, with q."""
     rw, alpha, min_delta = _RUN["rw"], _RUN["alpha"], _RUN["min_delta"]
-    f = read_columns(path, PASS2_COLUMNS)
+    f = read_table(path, PASS2_COLUMNS)
     keys, rows = null_rows(f, rw, alpha, min_delta)
     part = take_rows(path, f, edge_rows(f, rw, alpha, min_delta))
     codes, labels = codes_of(part["control"])
@@ -311,7 +303,7 @@ def _source(path: str) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
 
 
 def _upstream(path: str) -> tuple[pd.DataFrame, list[dict]] | None:
-    f = read_columns(path, UP_KEYS + ["target_feature", "n_nonzero", "delta", "p_value"])
+    f = read_table(path, UP_KEYS + ["target_feature", "n_nonzero", "delta", "p_value"])
     return upstream_rows(f) if len(f) else None
 
 

@@ -36,13 +36,11 @@ class Prefix(NamedTuple):
 def groups_of(ids: torch.Tensor, mask: torch.Tensor) -> Groups | None:
     """Runs of consecutive rows with the same prompt (ids and mask equal); None when some
     prompt's rows are not consecutive (the engine then attends row by row, unshared)."""
-    key = torch.cat([ids, mask.to(ids.dtype)], 1)
-    starts = [0] + [r for r in range(1, len(key)) if not torch.equal(key[r], key[r - 1])]
-    groups = tuple(zip(starts, starts[1:] + [len(key)]))
-    firsts = [key[a] for a, _ in groups]
-    if any(torch.equal(firsts[i], firsts[j]) for i in range(len(firsts)) for j in range(i)):
+    key = torch.cat([ids, mask.to(ids.dtype)], 1).cpu()  # one copy to the host, then no syncs
+    starts = [0] + (torch.nonzero((key[1:] != key[:-1]).any(1)).flatten() + 1).tolist()
+    if len(torch.unique(key[starts], dim=0)) < len(starts):
         return None
-    return groups
+    return tuple(zip(starts, starts[1:] + [len(key)]))
 
 
 def scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, groups: Groups, n_kv: int,
