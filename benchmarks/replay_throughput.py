@@ -6,9 +6,10 @@ in a replay batch) with one feature clamped at a middle block at the last prompt
 every generated token (`exp2`, the replay's default) and every block's output captured at every
 generated token; `--compare` also times the engine with every row's prompt in its own cache; on a GPU the engine
 runs with CUDA graphs, without them, and with graphs but torch operations in place of its Triton
-kernels (PATHREPLAY_KERNELS=torch). Decode tok/s leave prefill out (hooks: a run of --new
-tokens less a run of 1; engine: its decode steps timed, the best of two warm calls);
-end-to-end tok/s keep it. Also: the floor (weights read once per step at the
+kernels (PATHREPLAY_KERNELS=torch). Decode tok/s leave prefill out: each path's decode steps are
+timed inside its call, from the first decode step's forward to the call's end (hooks), or around
+the engine's decode (the best of two warm calls), so no span is a difference of two runs and none
+can come out negative on a busy machine; end-to-end tok/s keep prefill. Also: the floor (weights read once per step at the
 measured copy bandwidth, or 2 x params FLOPs per token at the measured matmul rate, whichever is
 slower), peak GPU memory against weights + KV cache + capture buffer + 1 GiB, and the encode
 rate of one 32K-feature SAE layer. benchmarks/gpu_check.sh runs the GPU tests and this.
@@ -26,6 +27,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 from unittest import mock
 
@@ -38,6 +40,8 @@ from pathreplay.runtime.generate import generate
 from pathreplay.runtime.patch import Interventions, Patch
 from pathreplay.sae import SAE, Feature
 from pathreplay.sae_files import SAEMeta
+
+clock: Callable[[], float] = time.perf_counter  # every span is read from this (a test puts a counter here)
 
 SHAPES = {
     "demo": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -106,25 +110,39 @@ def feature_of(model) -> Feature:
     return Feature(0, w.to(dev), 0.0, 0.0, (w / w.norm() ** 2 * 1.0).to(dev))
 
 
-def hf_generate(model, batch, prompt, new, patches, capture) -> float:
+class HookTimes(NamedTuple):
+    """Seconds of one `generate` call with hooks."""
+
+    decode: float  # from the first decode step's forward to the call's end
+    total: float  # the whole call, prefill included
+
+
+def hf_generate(model, batch, prompt, new, patches, capture) -> HookTimes:
     """(a): transformers' generate, with the patch and capture as forward hooks."""
     dev = next(model.parameters()).device
     ids = prompt_ids(model.config.vocab_size, batch, prompt).to(dev)
     iv = Interventions(model, patches, capture)
     iv.bind(batch, new, dev, next(model.parameters()).dtype)
-    flip = model.register_forward_pre_hook(
-        lambda m, a, k: setattr(iv, "phase", "prefill" if k["input_ids"].shape[1] > 1 else "decode"),
-        with_kwargs=True)
+    first_decode: list[float] = []
+
+    def phase(m, a, k):
+        iv.phase = "prefill" if k["input_ids"].shape[1] > 1 else "decode"
+        if iv.phase == "decode" and not first_decode:
+            sync(dev)
+            first_decode.append(clock())
+
+    flip = model.register_forward_pre_hook(phase, with_kwargs=True)
     step = model.register_forward_hook(lambda m, a, o: iv.advance() if iv.phase == "decode" else None)
     sync(dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     with iv.active():
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
                        max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
     sync(dev)
+    t1 = clock()
     flip.remove()
     step.remove()
-    return time.perf_counter() - t0
+    return HookTimes(t1 - first_decode[0] if first_decode else float("nan"), t1 - t0)
 
 
 def engine_generate(model, batch, prompt, new, patches, capture, eng) -> float:
@@ -132,11 +150,11 @@ def engine_generate(model, batch, prompt, new, patches, capture, eng) -> float:
     dev = next(model.parameters()).device
     iv = Interventions(model, patches, capture)
     sync(dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     generate(model, _Tok(model.config.vocab_size, prompt), [""] * batch, list(range(batch)),
              max_new_tokens=new, temperature=0.7, interventions=iv, engine=eng)
     sync(dev)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 class EngineTimes(NamedTuple):
@@ -156,10 +174,10 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
     class Timed(Engine):
         def decode(self, rows, iv, steps):
             sync(self.k.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             super().decode(rows, iv, steps)
             sync(self.k.device)
-            self.decode_s = time.perf_counter() - t0
+            self.decode_s = clock() - t0
 
     eng = Timed(model, batch, prompt + new, graphs=graphs, share=share)
     try:
@@ -186,11 +204,11 @@ def job_rate(model, batch: int, prompt: int, new: int, feat: Feature, out: str, 
     jobs = [Job("p", "c", "x", "c1", t, t, 3.0) for t in range(n_batches * batch)]
     run_jobs(model, tok, jobs[:batch], s, feature=feat, block=n_layers // 2)  # warm-up (graphs, kernels)
     sync(next(model.parameters()).device)
-    t0 = time.perf_counter()
+    t0 = clock()
     res = run_jobs(model, tok, jobs, s, feature=feat, block=n_layers // 2)
     write_result(res, list(range(n_layers)), [f"{out}/L{b}.safetensors" for b in range(n_layers)],
                  f"{out}/trials.parquet")
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     return len(jobs) / dt, float(res.trials["n_tokens"].sum()) / dt, dt
 
 
@@ -220,21 +238,21 @@ def floor_tok_per_s(model, batch: int, dev: torch.device, dtype: torch.dtype) ->
     for _ in range(2):
         a @ b
     sync(dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     reps = 20 if dev.type == "cuda" else 3
     for _ in range(reps):
         a @ b
     sync(dev)
-    flops = 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    flops = 2 * n ** 3 * reps / (clock() - t0)
     buf = torch.empty(256 * 2 ** 20 // 2, device=dev, dtype=torch.float16)
     out = torch.empty_like(buf)
     out.copy_(buf)
     sync(dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(reps):
         out.copy_(buf)
     sync(dev)
-    bw = 2 * buf.numel() * 2 * reps / (time.perf_counter() - t0)  # read + write
+    bw = 2 * buf.numel() * 2 * reps / (clock() - t0)  # read + write
     params = sum(p.numel() for p in model.parameters())
     step = max(params * buf.element_size() * (2 if dtype == torch.float32 else 1) / bw,
                2 * params * batch / flops)
@@ -262,14 +280,14 @@ def encode_rate(dev: torch.device, d_model: int, d_sae: int = 32768, rows: int =
     x = torch.randn(rows, d_model, device=dev)
     sae.encode(x[:64])
     sync(dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     f = sae.encode(x)
     f.topk(64, dim=-1)
     sync(dev)
-    return rows / (time.perf_counter() - t0)
+    return rows / (clock() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="demo")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -282,7 +300,7 @@ def main() -> None:
                     help="also time the replay job end to end (run_jobs and write_result) at each batch")
     ap.add_argument("--compare", action="store_true",
                     help="also time the engine with every row's prompt in its own cache (share=False)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     model = model_of(args.shape, dev, dtype)
@@ -291,8 +309,8 @@ def main() -> None:
     rows = []
     print(f"{args.shape} on {args.device} ({torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}), "
           f"prompt {args.prompt}, {args.new} new tokens, clamp at block {n_layers // 2}, capture all {n_layers} blocks")
-    print("decode tok/s: generated tokens over the time of the decode steps (hooks: a run of --new tokens "
-          "less a run of 1; engine: its decode steps timed, best of 2 warm calls); end to end: whole call")
+    print("decode tok/s: generated tokens over the time of the decode steps, timed inside each call (hooks: "
+          "from the first decode step on; engine: its decode steps, best of 2 warm calls); end to end: whole call")
     print(f"{'batch':>5} | {'decode: hooks':>13} {'eng. eager':>10} {'torch ops':>9} {'engine':>8} {'ratio':>6} "
           f"{'floor':>8} {'of floor':>8} | {'end to end: hooks':>17} {'engine':>8} {'1st call':>8} | {'peak GB':>7} {'bound':>6}")
     cap = range(n_layers)
@@ -301,8 +319,8 @@ def main() -> None:
     for batch in args.batch:
         patches = [Patch(n_layers // 2, feat, torch.full((batch,), 3.0), "clamp", "exp2")]
         hf_generate(model, batch, args.prompt, 2, patches, cap)  # warm-up
-        a1 = hf_generate(model, batch, args.prompt, 1, patches, cap)
-        a = hf_generate(model, batch, args.prompt, args.new, patches, cap)
+        hooks = hf_generate(model, batch, args.prompt, args.new, patches, cap)
+        a = hooks.total
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         db, b, first = engine_times(model, batch, args.prompt, args.new, patches, cap)
@@ -312,7 +330,7 @@ def main() -> None:
             de = engine_times(model, batch, args.prompt, args.new, patches, cap, graphs=False).decode
             dt = engine_times(model, batch, args.prompt, args.new, patches, cap, kernels="torch").decode
         n_dec = batch * (args.new - 1)
-        dec_a, dec_b, dec_e, dec_t = n_dec / (a - a1), n_dec / db, n_dec / de, n_dec / dt
+        dec_a, dec_b, dec_e, dec_t = n_dec / hooks.decode, n_dec / db, n_dec / de, n_dec / dt
         tot = batch * args.new
         floor = floor_tok_per_s(model, batch, dev, dtype)
         bound = budget_gb(model, batch, args.prompt + args.new, args.new)
