@@ -1,5 +1,5 @@
 """Encode throughput of one SAE layer: the float32 path against the exact fast path (bf16 screen,
-float32 recompute; pathreplay.fast_encode), with the share of entries recomputed and a check that
+float32 recompute; pathreplay.sae.fast), with the share of entries recomputed and a check that
 both give the same active set and values.
 
 The SAE is random but shaped like a trained one: encoder rows of log-normal norm, thresholds 2.5-3.5
@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import torch
 
-from pathreplay.fast_encode import exact_encode
-from pathreplay.sae import SAE
-from pathreplay.sae_files import SAEMeta
+from pathreplay.sae.exact import SAE
+from pathreplay.sae.fast import exact_encode
+from pathreplay.sae.files import SAEMeta
 
 
 def sync(dev: torch.device) -> None:

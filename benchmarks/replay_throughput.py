@@ -33,13 +33,13 @@ from unittest import mock
 
 import torch
 
-from pathreplay.plan import Job
-from pathreplay.replay import ReplaySettings, run_jobs, write_result
+from pathreplay.replay.plan import Job
+from pathreplay.replay.trials import ReplaySettings, run_jobs, write_result
 from pathreplay.runtime.engine import Engine
 from pathreplay.runtime.generate import generate
 from pathreplay.runtime.patch import Interventions, Patch
-from pathreplay.sae import SAE, Feature
-from pathreplay.sae_files import SAEMeta
+from pathreplay.sae.exact import SAE, Feature
+from pathreplay.sae.files import SAEMeta
 
 clock: Callable[[], float] = time.perf_counter  # every span is read from this (a test puts a counter here)
 
@@ -193,9 +193,9 @@ def engine_times(model, batch, prompt, new, patches, capture, graphs=None, kerne
 
 def job_rate(model, batch: int, prompt: int, new: int, feat: Feature, out: str, n_batches: int = 2
              ) -> tuple[float, float, float]:
-    """The replay job end to end: `replay.run_jobs` over n_batches batches of one prompt's trials, patched
+    """The replay job end to end: `replay.trials.run_jobs` over n_batches batches of one prompt's trials, patched
     as the benchmark patches and capturing every block at every generated token, then
-    `replay.write_result` (safetensors per layer and the trial table) into `out`. (trials/s,
+    `replay.trials.write_result` (safetensors per layer and the trial table) into `out`. (trials/s,
     tokens/s, seconds), the write included; a warm-up batch first."""
     n_layers = model.config.num_hidden_layers
     s = ReplaySettings(max_new_tokens=new, temperature=0.7, batch_size=batch, capture_layers=range(n_layers),

@@ -18,7 +18,7 @@ Layout: <root>/results/encode/{baseline/<prompt>,patched/s000}/L<layer>.parquet 
 feature int32, last float32, gen float32) and results/replay/.../trials.parquet. Stages, each in
 a fresh child process (peak RSS from getrusage(RUSAGE_CHILDREN)):
   generate   write the codes and trials of one source (shard of one feature) and its prompts;
-  effects    read them per target layer (effects.read_codes, one layer in memory at a time),
+  effects    read them per target layer (effects.codes.read_codes, one layer in memory at a time),
              layer_effects into write_effects (both Parquet files): what the `effects` rule does;
   sources    --sources effects and upstream files: copies of the one above (or, without it,
              of synthetic_effects: the measured row counts, columns and dtypes), each with its
@@ -70,9 +70,10 @@ def generate(a: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def effects_stage(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     """The effects rule for the one source: read trials and codes, test, write both tables as the
-    layers are done (effects_write.write_effects over effects.layer_effects)."""
-    from pathreplay.effects import layer_effects, read_codes
-    from pathreplay.effects_write import write_effects
+    layers are done (effects.write.write_effects over effects.layers.layer_effects)."""
+    from pathreplay.effects.codes import read_codes
+    from pathreplay.effects.layers import layer_effects
+    from pathreplay.effects.write import write_effects
 
     rep = root / "results" / "replay"
     patched = pd.read_parquet(rep / "patched" / SHARD / "trials.parquet").assign(part=f"patched/{SHARD}")
@@ -94,8 +95,10 @@ def synthetic_effects(a: argparse.Namespace, down: bool) -> pa.Table:
     upstream forced: exactly 0 there),
     p uniform (prompt_last: the sign-flip test's multiples of 1/8), a few planted targets of the
     real contrasts with tiny p; untested rows delta 0. Columns and dtypes as effects writes them."""
-    from pathreplay.effects import COLUMNS, CONTROLS, SCOPES, TESTS
-    from pathreplay.stats import bh
+    from pathreplay.effects.contrasts import CONTROLS, SCOPES
+    from pathreplay.effects.layers import COLUMNS
+    from pathreplay.stats.multiple import bh
+    from pathreplay.stats.signflip import TESTS
 
     rng = np.random.default_rng([a.seed, 17, down])
     conds = conditions(a.conditions)
@@ -135,7 +138,7 @@ def synthetic_effects(a: argparse.Namespace, down: bool) -> pa.Table:
     df = pd.DataFrame(cols)
     if not down:
         return pa.Table.from_pandas(df[COLUMNS[:-1]], preserve_index=False)
-    q = np.full(n, np.nan)  # effects.within_source: per condition, controls held to the real family's size
+    q = np.full(n, np.nan)  # effects.layers.within_source: per condition, controls held to the real family's size
     real = ctl == 0
     q[real] = bh(p[real])
     m = int((~np.isnan(p[real])).sum())
@@ -190,7 +193,7 @@ def pathways_stage(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     --pathways-workers processes) and one over the upstream files (the trial tables' behaviour,
     chains and fidelity left out: small)."""
     from pathreplay.io import write_table
-    from pathreplay.runwide import PASS2_COLUMNS, UP_KEYS, run_tables
+    from pathreplay.pathways.runwide import PASS2_COLUMNS, UP_KEYS, run_tables
 
     src = root / "results" / "effects" / "sources"
     eff = sorted(str(p) for p in src.glob("*.parquet") if not p.name.endswith(".upstream.parquet"))

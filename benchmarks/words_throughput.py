@@ -64,13 +64,14 @@ def synthetic(n: int, path: Path, seed: int = 0, trials_per_condition: int = 42)
 
 
 def _child(path: str, chunk: int, queue: mp.Queue) -> None:
+    from pathreplay.study.task import SLOT_MACHINE
     from pathreplay.words.counts import count_logs
     from pathreplay.words.effects import word_effects
     from pathreplay.words.settings import words_config
 
     cfg = words_config({"logs": [path], "chunk_rows": chunk})
     t0 = time.perf_counter()
-    counts = count_logs(cfg.logs, cfg)
+    counts = count_logs(cfg.logs, cfg, SLOT_MACHINE.answer_end)
     t1 = time.perf_counter()
     effects = word_effects(counts, cfg)
     t2 = time.perf_counter()

@@ -28,7 +28,7 @@ def real_fixture(name: str) -> Path:
 
 def replay_prompts():
     """Three short game prompts of one context, for replays on the tiny model."""
-    from pathreplay.prompts import Prompt
+    from pathreplay.replay.prompts import Prompt
 
     return [Prompt(f"p{i}", t, "c") for i, t in enumerate(
         ["Choice: 1) Bet $10\n", "Round 1: Bet $10, Win, Balance $120\nChoice: ", "2) Stop\nChoice: "])]
@@ -36,8 +36,8 @@ def replay_prompts():
 
 def identity_sae(d: int, threshold: float = 0.0, path: Path | None = None):
     """A jumprelu SAE whose feature i reads and writes coordinate i, above `threshold`."""
-    from pathreplay.sae import SAE
-    from pathreplay.sae_files import SAEMeta
+    from pathreplay.sae.exact import SAE
+    from pathreplay.sae.files import SAEMeta
 
     meta = SAEMeta("llamascope", path, d, d, "blocks.0.hook_resid_post", 0, "jumprelu", None)
     eye = torch.eye(d)
@@ -86,7 +86,7 @@ def make_tiny_lm():
     """A random 3-block Llama with a byte-level tokenizer; deterministic."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pathreplay.demo import build_tokenizer
+    from pathreplay.study.demo import build_tokenizer
 
     tok = build_tokenizer(["Choice: 1) Bet $10\n2) Stop\nRound 1: Bet $10, Win, Balance $120\n"] * 20, 300)
     torch.manual_seed(0)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO
 from safetensors.torch import load_file, save_file
+
+from conftest import DEMO
 from test_workflow import SMALL, snakemake
 
 pytestmark = pytest.mark.workflow

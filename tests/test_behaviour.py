@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.behaviour import behaviour_effects, mcnemar_p
+from pathreplay.behaviour.measures import behaviour_effects, mcnemar_p
+from pathreplay.study.task import SLOT_MACHINE
 
 
 def test_mcnemar_by_hand():
@@ -22,7 +23,7 @@ def test_behaviour_rows_pair_by_trial():
                          "bet": [10, 20, 0, 10], "valid": True})
     pat = base.assign(feature="L0-1", layer=0, feature_id=1, condition="risky_value", context="c", value=1.0,
                       action=["bet", "bet", "bet", "bet"], bet=[10, 30, 40, 10])
-    row = behaviour_effects(pat, base).iloc[0]
+    row = behaviour_effects(pat, base, SLOT_MACHINE).iloc[0]
     assert row["stop_rate_baseline"] == 0.25 and row["stop_rate"] == 0.0
     assert row["delta_bet"] == pytest.approx(10 / 3)  # pairs that bet both times: 0, +10, 0
     assert row["n_trials"] == 4
@@ -36,7 +37,7 @@ def test_invalid_answers_are_never_stops_and_their_share_is_tested_alone():
     pat = base.assign(feature="L0-1", layer=0, feature_id=1, condition="c", context="x", value=1.0,
                       action=["none", "none", "bet", "none", "none", "stop"], bet=[nan, nan, nan, nan, nan, 0],
                       valid=[False, False, True, False, False, True])
-    row = behaviour_effects(pat, base).iloc[0]
+    row = behaviour_effects(pat, base, SLOT_MACHINE).iloc[0]
     assert (row["valid_rate_baseline"], row["valid_rate"]) == (1.0, pytest.approx(2 / 6))
     assert row["p_valid"] == pytest.approx(2 * 0.5 ** 4)  # 4 discordant pairs, all one way
     # stop rate among valid answers: 2 of 6 baseline, 1 of 2 patched; the invalid are no stops

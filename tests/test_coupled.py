@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import replay_prompts
-from pathreplay.coupled import random_direction, run_baseline, run_features
-from pathreplay.plan import Condition, baseline_jobs, patched_jobs
-from pathreplay.replay import ReplaySettings
-from pathreplay.sae import load_feature
+from pathreplay.replay.coupled import random_direction, run_baseline, run_features
+from pathreplay.replay.plan import Condition, baseline_jobs, patched_jobs
+from pathreplay.replay.trials import ReplaySettings
+from pathreplay.sae.exact import load_feature
 
 PROMPTS = replay_prompts()
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import DOSE_RESPONSE, real_fixture
-from pathreplay.decision import Decision, decision_boundary, fixed_bet, parse_decision
+from pathreplay.study.decision import Decision, decision_boundary, fixed_bet, parse_decision
 
 
 def read(d: Decision) -> tuple:
@@ -162,7 +162,7 @@ def test_real_first_stops_only_on_the_answer_line() -> None:
 
 
 def test_fixed_bet_is_read_from_the_prompts_option() -> None:
-    from pathreplay.game import exp2_prompts
+    from pathreplay.study.game import exp2_prompts
 
     prompts = exp2_prompts()
     assert fixed_bet(prompts["safe"]) == 10 and fixed_bet(prompts["risky"]) is None

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from conftest import DEMO, make_tiny_lm
-from pathreplay.prompts import read_prompts
-from pathreplay.demo import block_outputs, measure_figures
-from pathreplay.game import exp2_prompts
-from pathreplay.sae_files import read_meta, sae_dir
+from pathreplay.replay.prompts import read_prompts
+from pathreplay.sae.files import read_meta, sae_dir
+from pathreplay.study.demo import block_outputs, measure_figures
+from pathreplay.study.game import exp2_prompts
 
 
 def test_demo_plays_and_saes_reconstruct():

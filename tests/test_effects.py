@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.effects import COLUMNS, code_layer, feature_effects, layer_effects, pairs_of, read_codes
-from pathreplay.effects_write import write_effects
+from pathreplay.effects.codes import code_layer, read_codes
+from pathreplay.effects.contrasts import pairs_of
+from pathreplay.effects.layers import COLUMNS, feature_effects, layer_effects
+from pathreplay.effects.write import write_effects
 from pathreplay.errors import UserError
 
 

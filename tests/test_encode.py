@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import identity_sae
-from pathreplay.encode import encode_parts, part_of
 from pathreplay.io import write_tensors
+from pathreplay.sae.encode import encode_parts, part_of
 
 
 def test_part_from_paths():
@@ -38,7 +38,7 @@ def test_codes_keep_the_last_prompt_value_and_the_mean_over_kept_positions(tmp_p
 def test_equal_states_get_equal_codes_wherever_they_sit(tmp_path, tiny_saes):
     """A row's codes do not depend on its part's size or its place in a chunk (every SAE product
     has one shape): the sham control's exact zero rests on it."""
-    from pathreplay.sae import load_sae
+    from pathreplay.sae.exact import load_sae
 
     sae = load_sae(tiny_saes[1], "llamascope", 1)
     g = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def test_fp16_storage_flips_are_counted_on_the_float32_sample(tmp_path):
 def _one_job_per_layer(sae, parts, layer, chunk):
     """The quality of one layer as the one-job-per-layer encode computed it before per-part jobs
     (kept verbatim as the reference the merge of partial sums must equal)."""
-    from pathreplay.encode import LayerQuality, _encode, fp16_flips, read_states
+    from pathreplay.sae.encode import LayerQuality, _encode, fp16_flips, read_states
 
     err = sq = 0.0
     n_pos = 0
@@ -110,8 +110,8 @@ def test_merged_partial_quality_equals_one_pass_over_the_layer(tmp_path, tiny_sa
     """Per-part jobs write partial sums; their merge gives bit for bit the numbers one job over
     every part of the layer gave (float64 sums added in the same order, masks OR-ed), and the
     patched part counts for nothing."""
-    from pathreplay.encode import encode_part, load_partial, merge_quality, save_partial
-    from pathreplay.sae import load_sae
+    from pathreplay.sae.encode import encode_part, load_partial, merge_quality, save_partial
+    from pathreplay.sae.exact import load_sae
 
     sae = load_sae(tiny_saes[1], "llamascope", 1)
     g = torch.Generator().manual_seed(3)
@@ -142,7 +142,7 @@ def test_merged_partial_quality_equals_one_pass_over_the_layer(tmp_path, tiny_sa
 
 def test_merge_ors_the_active_masks(tmp_path):
     """A feature active in one part only is alive in the layer: dead fraction from the OR."""
-    from pathreplay.encode import encode_part, merge_quality
+    from pathreplay.sae.encode import encode_part, merge_quality
 
     sae = identity_sae(2, path=tmp_path)
     for name, st in (("a", [[[1.0, 0.0]]]), ("b", [[[0.0, 1.0]]])):
@@ -157,9 +157,9 @@ def test_merge_ors_the_active_masks(tmp_path):
 def test_codes_of_one_part_read_back_per_feature(tmp_path):
     """A part's codes file names its part; effects read it through one filter: the parts asked
     for, and of the shard only the feature's own rows. A file without the column is its path's part."""
-    from pathreplay.effects import read_codes
-    from pathreplay.encode import encode_part
+    from pathreplay.effects.codes import read_codes
     from pathreplay.io import write_table
+    from pathreplay.sae.encode import encode_part
 
     sae = identity_sae(2, path=tmp_path)
     states = torch.tensor([[[1, 2], [0, 0]], [[3, 0], [0, 0]], [[0, 4], [0, 0]]], dtype=torch.float16)

@@ -8,7 +8,7 @@ import torch
 from pathreplay.runtime.engine import Engine, supports
 from pathreplay.runtime.generate import generate
 from pathreplay.runtime.patch import Interventions, Patch
-from pathreplay.sae import load_feature
+from pathreplay.sae.exact import load_feature
 
 PROMPTS = ["Choice: 1) Bet $10\n2) Stop\nChoice: ", "Round 1: Bet $10, Win", "2) Stop\nRound 2: Bet"]
 

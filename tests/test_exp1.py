@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DEMO, identity_sae
 
+from conftest import DEMO, identity_sae
 from pathreplay.errors import UserError
-from pathreplay.exp1 import Exp1Result, feature_table, play_games
 from pathreplay.features import CANONICAL
-from pathreplay.model import load_model
-from pathreplay.stats import cohen_d
+from pathreplay.runtime.model import load_model
+from pathreplay.stats.groups import cohen_d
+from pathreplay.study.exp1 import Exp1Result, feature_table, play_games
 
 
 def test_feature_table_by_hand():

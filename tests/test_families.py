@@ -9,7 +9,7 @@ import torch
 
 from pathreplay.runtime.engine import supports
 from pathreplay.runtime.generate import generate
-from pathreplay.model import decoder_layers
+from pathreplay.runtime.model import decoder_layers
 from pathreplay.runtime.patch import Interventions
 
 pytestmark = pytest.mark.interop

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import DEMO, ROOT
-from pathreplay import fast_encode as fe
-from pathreplay.sae import SAE, load_sae
-from pathreplay.sae_files import SAEMeta
+from pathreplay.sae import fast as fe
+from pathreplay.sae.exact import SAE, load_sae
+from pathreplay.sae.files import SAEMeta
 
 
 def make_sae(W: torch.Tensor, b: torch.Tensor, t: torch.Tensor, activation: str = "jumprelu",

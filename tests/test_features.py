@@ -12,9 +12,8 @@ import pytest
 
 from conftest import FIXTURES
 from pathreplay.errors import UserError
-from pathreplay.features import (CANONICAL, feature_name, parse_feature_name, read_feature_table,
-                                 validate_feature_table)
-from pathreplay.sae import SAESource
+from pathreplay.features import CANONICAL, feature_name, parse_feature_name, read_feature_table, validate_feature_table
+from pathreplay.sae.exact import SAESource
 
 REAL = FIXTURES
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real fixtures absent at {REAL}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pathreplay.figures import graph_edges, html_table, pathway_graph, report_figures, top_edges
+from pathreplay.report.figures import graph_edges, html_table, pathway_graph, report_figures, top_edges
 
 
 def edge(src: tuple[int, int], dst: tuple[int, int], delta: float, scope: str = "forced",
@@ -57,7 +57,7 @@ def test_figures_are_written_when_nothing_passed(tmp_path) -> None:
                               "stop_rate": [0.5], "stop_rate_lo": [0.2], "stop_rate_hi": [0.8],
                               "stop_rate_baseline": [0.4], "stop_rate_baseline_lo": [0.1],
                               "stop_rate_baseline_hi": [0.7], "valid_rate": [1.0], "valid_rate_baseline": [1.0]})
-    report_figures(EMPTY, PATHS.iloc[:0], behaviour, ["L3-9"], tmp_path)
+    report_figures(EMPTY, PATHS.iloc[:0], behaviour, ["L3-9"], tmp_path, rate="stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["L3-9.decisions.svg", "L3-9.edges.html",
                                                           "L3-9.graph.svg"]
     assert "no edge from this source" in (tmp_path / "L3-9.edges.html").read_text()
@@ -74,3 +74,19 @@ def test_html_tables_are_whole_pages(tmp_path) -> None:
     html_table(pd.DataFrame({"a": [1.234567]}), tmp_path / "t.html")
     text = (tmp_path / "t.html").read_text()
     assert text.startswith("<!doctype html>") and "1.235" in text and "no rows" not in text
+
+
+def test_the_same_graph_is_the_same_file_in_any_process(tmp_path) -> None:
+    # networkx groups layers into sets and matplotlib salts its ids at random: with both pinned,
+    # two processes with different string hash seeds write the same bytes
+    import os
+    import subprocess
+    import sys
+
+    EDGES.to_parquet(tmp_path / "e.parquet")
+    code = ("import pandas as pd, sys; from pathreplay.report.figures import pathway_graph; "
+            "pathway_graph(pd.read_parquet(sys.argv[1]), pd.DataFrame(columns=['path', 'mediated']), sys.argv[2])")
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "e.parquet"), str(tmp_path / f"g{seed}.svg")],
+                       check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+    assert (tmp_path / "g1.svg").read_bytes() == (tmp_path / "g2.svg").read_bytes()

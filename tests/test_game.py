@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from pathreplay import game, players
-from pathreplay.game import GameState, Round
+from pathreplay.study import game, players
+from pathreplay.study.game import GameState, Round
 
 
 def test_prompt_format_fixed_and_variable():

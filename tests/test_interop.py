@@ -9,11 +9,11 @@ import zlib
 
 import pytest
 import torch
-from conftest import DEMO
 
+from conftest import DEMO
 from pathreplay.errors import UserError
-from pathreplay.sae import load_sae
-from pathreplay.sae_files import read_meta
+from pathreplay.sae.exact import load_sae
+from pathreplay.sae.files import read_meta
 
 sl = pytest.importorskip("sae_lens", reason="the interop tier needs sae-lens (pip install -e '.[test]')")
 pytestmark = pytest.mark.interop
@@ -34,8 +34,8 @@ def _randomise(sae, seed: int) -> None:
 @pytest.fixture(scope="module")
 def inputs() -> torch.Tensor:
     """Random vectors, and the demo model's own residuals at block 1 on game prompts."""
-    from pathreplay.demo import block_outputs, heldout_pairs
-    from pathreplay.model import load_model
+    from pathreplay.runtime.model import load_model
+    from pathreplay.study.demo import block_outputs, heldout_pairs
 
     model, tok = load_model(str(DEMO / "model"), "float32", "cpu")
     demo = block_outputs(model, tok, heldout_pairs(6, 5))[BLOCK]

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle (imports inside functions included), no module over 400
-lines, one script per rule."""
+"""The package's shape: its units (subpackages and base modules) import only down a fixed order,
+generic code never imports the study, no import cycle (imports inside functions included), no
+module over 400 lines, one script per rule."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 from conftest import ROOT
 
 PKG = ROOT / "src" / "pathreplay"
+# The units in import order: each may import only units before it (the base first, the study last).
+LAYERS = ["errors", "io", "features", "schema", "gpu", "stats", "sae", "task", "runtime", "replay", "effects",
+          "behaviour", "pathways", "report", "words", "config", "workflow", "study"]
 
 
 def module_name(path: Path, root: Path = PKG) -> str:
@@ -86,8 +90,43 @@ def test_import_graph_finds_imports_inside_functions(tmp_path):
 
 def test_no_import_cycles():
     g = import_graph()
-    assert len(g) > 30 and "pathreplay.runtime.engine" in g["pathreplay.replay"]
+    assert len(g) > 30 and "pathreplay.runtime.engine" in g["pathreplay.replay.trials"]
     assert cycles(g) == []
+
+
+def unit(module: str) -> str:
+    """A module's unit: its subpackage, or the base module itself (pathreplay.replay.plan -> replay)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_unit_has_its_place():
+    units = {unit(m) for m in import_graph()} - {""}
+    assert units == set(LAYERS)
+    for sub in (p for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        doc = ast.get_docstring(ast.parse((sub / "__init__.py").read_text())) or ""
+        assert len(doc.split()) > 25, f"{sub.name}/__init__.py says too little of what it owns"
+
+
+def test_imports_run_down_the_layers():
+    g = import_graph()
+    up = sorted((m, t) for m, ts in g.items() for t in ts
+                if unit(m) and unit(t) != unit(m) and LAYERS.index(unit(t)) > LAYERS.index(unit(m)))
+    assert up == []
+    assert not [m for m, ts in g.items() if unit(m) != "study" and any(unit(t) == "study" for t in ts)]
+
+
+def test_the_layer_check_catches_an_import_up(tmp_path):
+    pkg = tmp_path / "pathreplay"
+    for sub in ("stats", "study"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "study" / "game.py").write_text("")
+    (pkg / "stats" / "bh.py").write_text("def f():\n    from ..study import game\n")
+    g = import_graph(pkg)
+    assert g["pathreplay.stats.bh"] == {"pathreplay.study.game"}
+    assert LAYERS.index(unit("pathreplay.study.game")) > LAYERS.index(unit("pathreplay.stats.bh"))
 
 
 def test_no_module_over_400_lines():

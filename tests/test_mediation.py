@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.mediation import PATH_COLUMNS, share_interval, summarise, to_mediate
+from pathreplay.pathways.mediation import PATH_COLUMNS, share_interval, summarise, to_mediate
 
 
 def _chain(path="L0-1 -> L1-2 -> L2-3"):

@@ -9,8 +9,8 @@ import torch
 
 from conftest import DEMO
 from pathreplay.errors import UserError
-from pathreplay.model import check_model, check_prompt_lengths, encode_prompts, positions, resolve_device
-from pathreplay.prompts import Prompt
+from pathreplay.replay.prompts import Prompt
+from pathreplay.runtime.model import check_model, check_prompt_lengths, encode_prompts, positions, resolve_device
 
 
 def test_positions_count_from_each_rows_first_real_token():

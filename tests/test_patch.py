@@ -7,7 +7,7 @@ import torch
 
 from pathreplay.runtime.generate import generate, sample, uniforms
 from pathreplay.runtime.patch import Interventions, Patch, last_position_values
-from pathreplay.sae import load_feature, load_sae
+from pathreplay.sae.exact import load_feature, load_sae
 
 PROMPTS = ["Choice: 1) Bet $10\n2) Stop\nChoice: ", "Round 1: Bet $10, Win"]
 

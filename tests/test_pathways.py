@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import replay_prompts, write_llamascope
 
-from pathreplay.coupled import run_baseline, run_features
-from pathreplay.effects import feature_effects
-from pathreplay.encode import encode_parts
-from pathreplay.mediation import Slice, mediate
-from pathreplay.pathways import chains, edges, null_summary, patch_signs, run_wide, upstream_summary
-from pathreplay.plan import Condition, patched_jobs
-from pathreplay.replay import ReplaySettings, write_result
-from pathreplay.sae import SAESource
+from conftest import replay_prompts, write_llamascope
+from pathreplay.effects.layers import feature_effects
+from pathreplay.pathways.checks import null_summary, upstream_summary
+from pathreplay.pathways.edges import chains, edges, patch_signs, run_wide
+from pathreplay.pathways.mediation import Slice, mediate
+from pathreplay.replay.coupled import run_baseline, run_features
+from pathreplay.replay.plan import Condition, patched_jobs
+from pathreplay.replay.trials import ReplaySettings, write_result
+from pathreplay.sae.encode import encode_parts
+from pathreplay.sae.exact import SAESource
 
 PROMPTS = replay_prompts()
 A, B, C, X = 5, 9, 4, 7  # A and X at block 0, B at block 1, C at block 2; X writes off A's line
@@ -174,7 +175,9 @@ def test_rows_left_out_for_inactive_targets_keep_the_summaries():
 def _synthetic_source(rng, layer, fid, conds, n_layers=4, n_feats=60, drop=0.15):
     """One source's effects and upstream tables shaped as effects writes them: per target layer,
     per contrast, the targets active in its trials (some left out), categorical labels."""
-    from pathreplay.effects import COLUMNS, CONTROLS, SCOPES, TESTS, within_source
+    from pathreplay.effects.contrasts import CONTROLS, SCOPES
+    from pathreplay.effects.layers import COLUMNS, within_source
+    from pathreplay.stats.signflip import TESTS
 
     contrasts = ([(c, "real", s) for c in conds for s in SCOPES] + [("sham", "sham", s) for s in SCOPES]
                  + [(f"random:{c}", "random", s) for c in conds for s in SCOPES]
@@ -214,7 +217,7 @@ def _synthetic_source(rng, layer, fid, conds, n_layers=4, n_feats=60, drop=0.15)
 
 def _in_memory(eff_paths, up_paths, alpha, min_delta):
     """What workflow/scripts/pathways.py computed before it streamed."""
-    from pathreplay.effects import COLUMNS
+    from pathreplay.effects.layers import COLUMNS
     from pathreplay.io import read_tables
 
     effects = run_wide(read_tables(eff_paths, pd.DataFrame(columns=COLUMNS)))
@@ -242,8 +245,8 @@ def _write_sources(tmp_path, seed, same_conditions, row_group_size=None, shuffle
 @pytest.mark.parametrize("seed,same,rg,shuffle", [(0, True, None, False), (1, False, None, False),
                                                 (2, True, 101, False), (3, False, 37, False), (4, True, 53, True)])
 def test_streaming_equals_in_memory(tmp_path, monkeypatch, seed, same, rg, shuffle):
-    from pathreplay import runwide
-    from pathreplay.runwide import run_tables
+    from pathreplay.pathways import runwide
+    from pathreplay.pathways.runwide import run_tables
 
     monkeypatch.setattr(runwide, "MANY_RUNS", 0 if shuffle else runwide.MANY_RUNS)
     eff, ups = _write_sources(tmp_path, seed, same, rg, shuffle)
@@ -260,7 +263,7 @@ def test_streaming_equals_in_memory(tmp_path, monkeypatch, seed, same, rg, shuff
 
 
 def test_streaming_of_the_traced_run_and_of_nothing(traced, tmp_path):
-    from pathreplay.runwide import run_tables
+    from pathreplay.pathways.runwide import run_tables
 
     eff, ups = [], []
     for name, r in traced["results"].items():
@@ -278,9 +281,9 @@ def test_streaming_of_the_traced_run_and_of_nothing(traced, tmp_path):
 
 @pytest.mark.parametrize("chunk", [7, 1 << 22])
 def test_run_wide_q_by_lookup_is_bh_to_the_bit(monkeypatch, chunk):
-    from pathreplay import runwide
-    from pathreplay.runwide import bh_sorted
-    from pathreplay.stats import bh, bh_with_controls
+    from pathreplay.pathways import runwide
+    from pathreplay.pathways.runwide import bh_sorted
+    from pathreplay.stats.multiple import bh, bh_with_controls
 
     monkeypatch.setattr(runwide, "CHUNK", chunk)  # blocks of the products and the suffix minimum
     rng = np.random.default_rng(5)
@@ -301,7 +304,7 @@ def test_run_wide_q_by_lookup_is_bh_to_the_bit(monkeypatch, chunk):
 
 
 def test_a_source_in_two_files_is_an_error(tmp_path):
-    from pathreplay.runwide import run_tables
+    from pathreplay.pathways.runwide import run_tables
 
     eff, ups = _write_sources(tmp_path, 0, True)
     with pytest.raises(ValueError, match="more than one effects file"):

@@ -7,9 +7,20 @@ import pandas as pd
 import pytest
 
 from pathreplay.errors import UserError
-from pathreplay.plan import (CaptureSpec, Condition, baseline_jobs, capture_bytes, check_targets, parse_conditions,
-                             patched_jobs, prompts_for_features, select_features, stable_seed, trial_seed)
-from pathreplay.prompts import Prompt
+from pathreplay.replay.plan import (
+    CaptureSpec,
+    Condition,
+    baseline_jobs,
+    capture_bytes,
+    check_targets,
+    parse_conditions,
+    patched_jobs,
+    prompts_for_features,
+    select_features,
+    stable_seed,
+    trial_seed,
+)
+from pathreplay.replay.prompts import Prompt
 
 TABLE = pd.DataFrame({
     "layer": [0, 0, 1, 1, 2, 3], "feature_id": [5, 6, 7, 8, 9, 10],

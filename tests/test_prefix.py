@@ -10,7 +10,7 @@ from pathreplay.runtime.engine import Engine
 from pathreplay.runtime.generate import generate
 from pathreplay.runtime.patch import Interventions, Patch
 from pathreplay.runtime.prefix import groups_of
-from pathreplay.sae import load_feature
+from pathreplay.sae.exact import load_feature
 
 A, B, C = "Choice: 1) Bet $10\n2) Stop\nChoice: ", "Round 1: Bet $10, Win", "2) Stop\nRound 2: Bet"
 

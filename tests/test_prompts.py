@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pathreplay.errors import UserError
-from pathreplay.prompts import read_prompts
+from pathreplay.replay.prompts import read_prompts
 
 
 @pytest.mark.parametrize("line,msg", [

@@ -9,11 +9,20 @@ from safetensors import safe_open
 
 from conftest import replay_prompts
 from pathreplay.errors import UserError
-from pathreplay.plan import Condition, Job, baseline_jobs, patched_jobs
-from pathreplay.replay import (ReplayResult, ReplaySettings, batches, from_batches, run_batch, run_jobs, stack_results,
-                               write_result, _kept)
+from pathreplay.replay.plan import Condition, Job, baseline_jobs, patched_jobs
+from pathreplay.replay.trials import (
+    ReplayResult,
+    ReplaySettings,
+    _kept,
+    batches,
+    from_batches,
+    run_batch,
+    run_jobs,
+    stack_results,
+    write_result,
+)
 from pathreplay.runtime.patch import Patch
-from pathreplay.sae import load_feature
+from pathreplay.sae.exact import load_feature
 
 PROMPTS = replay_prompts()
 

@@ -11,8 +11,8 @@ import torch
 
 from conftest import write_llamascope, write_saelens
 from pathreplay.errors import UserError
-from pathreplay.sae import SAESource, check_hook, load_feature, load_sae
-from pathreplay.sae_files import read_meta
+from pathreplay.sae.exact import SAESource, check_hook, load_feature, load_sae
+from pathreplay.sae.files import read_meta
 
 R2 = math.sqrt(2)
 S = R2 / 2  # sqrt(d_model) / avg_norm_in with d_model 2 and avg_norm_in 2
@@ -91,7 +91,7 @@ def test_feature_slice_reads_only_its_row(llamascope, monkeypatch):
                     return t
             return S()
 
-    monkeypatch.setattr("pathreplay.sae_files.safe_open", Spy)
+    monkeypatch.setattr("pathreplay.sae.files.safe_open", Spy)
     load_feature(llamascope, "llamascope", 5, 1)
     assert ("encoder.weight", (1, 2)) in shapes and ("decoder.weight", (2, 1)) in shapes
 

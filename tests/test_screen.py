@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pathreplay.behaviour.screen import classify, screen_features
 from pathreplay.features import CANONICAL
-from pathreplay.plan import Condition, patched_jobs
-from pathreplay.prompts import Prompt
-from pathreplay.replay import ReplaySettings
-from pathreplay.sae import load_feature
-from pathreplay.screen import classify, screen_features
+from pathreplay.replay.plan import Condition, patched_jobs
+from pathreplay.replay.prompts import Prompt
+from pathreplay.replay.trials import ReplaySettings
+from pathreplay.sae.exact import load_feature
+from pathreplay.study.task import SLOT_MACHINE
 
 
 def _candidates(*names: str) -> pd.DataFrame:
@@ -31,14 +32,14 @@ def test_classify_by_hand():
         "delta_valid": [0.0, 0.0, -0.05, 0.0, 0.0, -0.6],  # L1-5's answers break: its stops mean nothing
         "q_valid": [1.0, 1.0, 0.01, 1.0, 1.0, 0.001],
     })
-    out = classify(_candidates("L0-1", "L0-2", "L1-3", "L1-5"), eff, alpha=0.05, min_delta=0.1)
+    out = classify(_candidates("L0-1", "L0-2", "L1-3", "L1-5"), eff, alpha=0.05, min_delta=0.1, task=SLOT_MACHINE)
     assert list(out.columns) == [*CANONICAL, "feature", "max_delta_stop"]
     assert out["label"].tolist() == ["safe", "risky", "neutral", "disruptive"]
     assert out["p_value"].tolist() == [0.001, 0.002, 0.5, 0.001]
     assert out["max_delta_stop"].tolist() == [0.5, -0.4, 0.05, 0.9]
     assert (out["source"] == "screen").all()
     # a feature whose only moves are below min_delta, however significant, is neutral
-    assert classify(_candidates("L0-1"), eff.assign(delta_stop=0.05), 0.05, 0.1)["label"].tolist() == ["neutral"]
+    assert classify(_candidates("L0-1"), eff.assign(delta_stop=0.05), 0.05, 0.1, SLOT_MACHINE)["label"].tolist() == ["neutral"]
 
 
 def test_screen_compares_each_patched_trial_with_the_baseline_of_its_seed(tiny_lm, tiny_saes):

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pathreplay.stats import (bh, chi2_2x2, cochran_armitage, cohen_d, fisher_exact_2x2, ks_uniform, log_odds_prior,
-                              paired_p, sign_flip_p, wilson)
+from pathreplay.stats.groups import cohen_d
+from pathreplay.stats.multiple import bh, ks_uniform
+from pathreplay.stats.signflip import paired_p, sign_flip_p
+from pathreplay.stats.tables import chi2_2x2, cochran_armitage, fisher_exact_2x2, log_odds_prior, wilson
 
 
 def test_cohen_d_by_hand():

@@ -10,14 +10,14 @@ import pandas as pd
 from pathreplay.words.counts import WordCounter
 from pathreplay.words.logs import read_trials
 from pathreplay.words.settings import words_config
-from words_data import original_records, write_jsonl
+from words_data import CUT, original_records, write_jsonl
 
 
 def test_bounded_cache_gives_the_same_counts(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", original_records(np.random.default_rng(6)))
     cfg = words_config({"chunk_rows": 50})
-    small = WordCounter(cfg, cache_size=3)
-    big = WordCounter(cfg)
+    small = WordCounter(cfg, CUT, cache_size=3)
+    big = WordCounter(cfg, CUT)
     for chunk in read_trials([str(path)], cfg):
         small.add(chunk)
         big.add(chunk)

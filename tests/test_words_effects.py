@@ -14,12 +14,12 @@ from pathreplay.words.counts import WordCounter, count_logs
 from pathreplay.words.effects import relabel, run_shard, word_effects
 from pathreplay.words.logs import Trials
 from pathreplay.words.settings import WordsConfig, level_label, words_config
-from words_data import REAL_MAPPING, original_records, real_path, replay_like_table, two_condition_log, write_jsonl
+from words_data import CUT, REAL_MAPPING, original_records, real_path, replay_like_table, two_condition_log, write_jsonl
 
 
 def test_hand_computed_two_by_two(tmp_path: Path) -> None:
     cfg = words_config({})
-    e = run_shard([str(two_condition_log(tmp_path))], cfg)
+    e = run_shard([str(two_condition_log(tmp_path))], cfg, CUT)
     row = e[(e.word == "gamble") & (e.text == "cut")].iloc[0]
     assert (row.contrast, row.baseline_count, row.baseline_n, row.patched_count, row.patched_n) == \
         ("risky_feature", 4, 20, 14, 20)
@@ -41,7 +41,7 @@ def test_hand_computed_two_by_two(tmp_path: Path) -> None:
     # BH within (feature, contrast, text): 'gamble' is the smallest of m tested p-values
     m = int(((e.contrast == "risky_feature") & (e.text == "cut")).sum())
     assert row.q_value == pytest.approx(min(1.0, p * m))
-    chi = run_shard([str(two_condition_log(tmp_path))], words_config({"test": "chi2"}))
+    chi = run_shard([str(two_condition_log(tmp_path))], words_config({"test": "chi2"}), CUT)
     crow = chi[(chi.word == "gamble") & (chi.text == "cut")].iloc[0]
     assert crow.test == "chi2_yates"
     assert crow.p_value == pytest.approx(sps.chi2_contingency([[14, 6], [4, 16]])[1], rel=1e-12)
@@ -53,7 +53,7 @@ def test_hand_computed_trend() -> None:
     trials = Trials([1] * 30, [2] * 30, ["c"] * 30, [level_label(x) for x in levels for _ in range(n)],
                       [x for x in levels for _ in range(n)],
                       ["hot streak" if i < k else "calm" for k in says for i in range(n)])
-    counter = WordCounter(cfg)
+    counter = WordCounter(cfg, CUT)
     counter.add(trials)
     e = word_effects(counter.counts(), cfg)
     row = e[(e.word == "hot") & (e.text == "full")].iloc[0]
@@ -71,15 +71,15 @@ def test_hand_computed_trend() -> None:
 
 def test_min_count_drops_rare_words(tmp_path: Path) -> None:
     log = two_condition_log(tmp_path)
-    words_tested = lambda k: set(run_shard([str(log)], words_config({"min_count": k})).word)  # noqa: E731
+    words_tested = lambda k: set(run_shard([str(log)], words_config({"min_count": k}), CUT).word)  # noqa: E731
     assert "gamble" in words_tested(18) and "gamble" not in words_tested(19)
 
 
 def test_shards_partition_the_features(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", original_records(np.random.default_rng(2)))
     cfg = words_config({"shards": 3})
-    whole = run_shard([str(path)], cfg)
-    parts = [run_shard([str(path)], cfg, shard) for shard in range(3)]
+    whole = run_shard([str(path)], cfg, CUT)
+    parts = [run_shard([str(path)], cfg, CUT, shard) for shard in range(3)]
     assert sum(len(p) for p in parts) == len(whole)
     merged = relabel(pd.concat(parts, ignore_index=True)).sort_values(
         ["layer", "feature_id", "contrast", "text", "p_value", "word"], ignore_index=True)
@@ -93,20 +93,20 @@ def test_replay_tables_share_their_baseline(tmp_path: Path) -> None:
                              {"name": "risky_value", "baseline": "baseline", "patched": "risky_value"}],
                "min_count": 3, "shards": 3}
     cfg = words_config(section)
-    e = run_shard([str(path)], cfg)
+    e = run_shard([str(path)], cfg, CUT)
     assert set(zip(e.layer, e.feature_id)) == {(5, 9), (7, 3)}
     assert set(e.contrast) == {"safe_safe_value", "safe_risky_value", "risky_safe_value", "risky_risky_value"}
     assert (e.baseline_n == 40).all() and (e.patched_n == 40).all()
     hit = e[(e.word == "jackpot") & (e.text == "full") & (e.q_value < 0.05)]
     assert set(zip(hit.feature_id, hit.contrast)) == {(9, "safe_risky_value"), (9, "risky_risky_value")}
     assert not len(e[(e.word == "jackpot") & (e.text == "cut")])  # invented after the answer
-    parts = pd.concat([run_shard([str(path)], cfg, k) for k in range(3)], ignore_index=True)
+    parts = pd.concat([run_shard([str(path)], cfg, CUT, k) for k in range(3)], ignore_index=True)
     assert len(parts) == len(e)
 
 
 def test_real_sample_through_column_mapping() -> None:
     cfg = words_config(REAL_MAPPING)
-    counts = count_logs([str(real_path())], cfg)
+    counts = count_logs([str(real_path())], cfg, CUT)
     assert counts.groups.n.sum() == 2520 and len(counts.groups) == 5 * 2 * 7
     e = word_effects(counts, cfg)
     assert set(e.contrast) == {"safe_dose", "risky_dose"} and set(e.text) == {"cut", "full"}
@@ -133,7 +133,7 @@ def test_real_sample_through_column_mapping() -> None:
 def _shuffled_effects(df: pd.DataFrame, seed: int, cfg: WordsConfig) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     scale = df.groupby(["layer", "feature_id", "prompt_type"])["scale"].transform(lambda s: rng.permutation(s.to_numpy()))
-    counter = WordCounter(cfg)
+    counter = WordCounter(cfg, CUT)
     counter.add(Trials(df.layer.tolist(), df.feature_id.tolist(), df.prompt_type.tolist(),
                          [level_label(v) for v in scale], scale.tolist(), df.response.tolist()))
     return word_effects(counter.counts(), cfg)
@@ -171,7 +171,7 @@ def test_what_the_logs_leave_untested_is_said(tmp_path: Path, caplog) -> None:
     path = write_jsonl(tmp_path / "log.jsonl", recs)
     cfg = words_config({})
     with caplog.at_level("WARNING", logger="pathreplay.words"):
-        run_shard([str(path)], cfg)
+        run_shard([str(path)], cfg, CUT)
     said = [r.getMessage() for r in caplog.records]
     assert any("risky_feature: 1 features have no 'safe_baseline' trials (L3-7)" in m for m in said), said
     assert any("contrast safe_feature (risky_baseline vs risky_with_safe_patch) matches no trials" in m for m in said)
@@ -179,7 +179,7 @@ def test_what_the_logs_leave_untested_is_said(tmp_path: Path, caplog) -> None:
     one = write_jsonl(tmp_path / "one.jsonl", [{"feature": "L1-2", "scale": 1.0, "context": "c", "response": "x"}])
     caplog.clear()
     with caplog.at_level("WARNING", logger="pathreplay.words"):
-        run_shard([str(one)], levels)
+        run_shard([str(one)], levels, CUT)
     assert any("1 (feature, context) pairs have a single level, so no trend (L1-2 c)" in r.getMessage()
                for r in caplog.records)
 
@@ -193,8 +193,8 @@ def test_broken_logs_are_one_line(tmp_path: Path) -> None:
     gz = tmp_path / "a.jsonl.gz"
     gz.write_bytes(gzip.compress(good.encode())[:300])
     with pytest.raises(UserError, match=r"a.jsonl.gz: cannot be read to its end .*truncated"):
-        run_shard([str(gz)], words_config({}))
+        run_shard([str(gz)], words_config({}), CUT)
     bad = tmp_path / "b.jsonl"
     bad.write_bytes(b'{"feature": "L1-2", "condition": "x", "response": "caf\xe9"}\n')
     with pytest.raises(UserError, match=r"b.jsonl: is not UTF-8 text"):
-        run_shard([str(bad)], words_config({}))
+        run_shard([str(bad)], words_config({}), CUT)

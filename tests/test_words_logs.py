@@ -13,7 +13,7 @@ from pathreplay.errors import UserError
 from pathreplay.words.effects import run_shard
 from pathreplay.words.logs import log_paths
 from pathreplay.words.settings import words_config
-from words_data import original_records, write_jsonl
+from words_data import CUT, original_records, write_jsonl
 
 
 def test_formats_and_chunking_agree(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_formats_and_chunking_agree(tmp_path: Path) -> None:
     write_jsonl(paths["jsonl"], recs)
     flat.to_csv(paths["csv"], index=False)
     flat.to_parquet(paths["parquet"])
-    results = {k: run_shard([str(p)], words_config({"chunk_rows": 7 if k == "jsonl" else 1000}))
+    results = {k: run_shard([str(p)], words_config({"chunk_rows": 7 if k == "jsonl" else 1000}), CUT)
                for k, p in paths.items()}
     base = results["json"].drop(columns=["level_values", "level_n", "level_count"])
     assert len(base) > 50
@@ -36,24 +36,24 @@ def test_formats_and_chunking_agree(tmp_path: Path) -> None:
 def test_user_errors_name_file_field_and_fix(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "t.jsonl", [{"feature": "L1-2", "cond": "x", "response": "1"}])
     with pytest.raises(UserError, match=r"t\.jsonl: column 'condition' \(words\.columns\.condition\) not found.*map"):
-        run_shard([str(path)], words_config({}))
+        run_shard([str(path)], words_config({}), CUT)
     bad = write_jsonl(tmp_path / "f.jsonl", [{"feature": "feature two", "condition": "x", "response": "1"}])
     with pytest.raises(UserError, match=r"f\.jsonl: feature 'feature two' is not like 'L21-2794'"):
-        run_shard([str(bad)], words_config({}))
+        run_shard([str(bad)], words_config({}), CUT)
     lv = write_jsonl(tmp_path / "l.jsonl", [{"feature": "L1-2", "scale": "high", "response": "1"}])
     with pytest.raises(UserError, match=r"l\.jsonl: level 'high' is not a number"):
-        run_shard([str(lv)], words_config({"levels": "ordered", "columns": {"level": "scale"}}))
+        run_shard([str(lv)], words_config({"levels": "ordered", "columns": {"level": "scale"}}), CUT)
     broken = tmp_path / "b.jsonl"
     broken.write_text('{"feature": "L1-2"}\n\n{oops\n')
     with pytest.raises(UserError, match=r"b\.jsonl:3: not valid JSON"):
-        run_shard([str(broken)], words_config({}))
+        run_shard([str(broken)], words_config({}), CUT)
     with pytest.raises(UserError, match=r"matches no file"):
         log_paths([str(tmp_path / "nothing*.jsonl")])
     (tmp_path / "x.xlsx").write_text("")
     with pytest.raises(UserError, match=r"x\.xlsx: unknown log format '\.xlsx'"):
-        run_shard([str(tmp_path / "x.xlsx")], words_config({}))
+        run_shard([str(tmp_path / "x.xlsx")], words_config({}), CUT)
     with pytest.raises(UserError, match=r"gone\.jsonl: log file not found"):
-        run_shard([str(tmp_path / "gone.jsonl")], words_config({}))
+        run_shard([str(tmp_path / "gone.jsonl")], words_config({}), CUT)
 
 
 def test_log_globs_expand_sorted_and_deduplicated(tmp_path: Path) -> None:

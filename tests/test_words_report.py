@@ -11,14 +11,14 @@ import pandas as pd
 from pathreplay.words.effects import EFFECT_COLUMNS, empty_effects, run_shard
 from pathreplay.words.report import causal_json, merge_shards, top_features
 from pathreplay.words.settings import ORIGINAL_CONTRASTS, words_config
-from words_data import original_records, write_jsonl
+from words_data import CUT, original_records, write_jsonl
 
 
 def test_original_json_layout_and_contrasts(tmp_path: Path) -> None:
     path = tmp_path / "responses_L21_L21_0_20250101.json"
     path.write_text(json.dumps(original_records(np.random.default_rng(0))))
     cfg = words_config({})
-    e = run_shard([str(path)], cfg)
+    e = run_shard([str(path)], cfg, CUT)
     assert set(e.contrast) == {c.name for c in ORIGINAL_CONTRASTS}
     out = causal_json(e, cfg)
     assert [x["feature"] for x in out] == ["L4-17", "L9-300", "L21-2794"]
@@ -43,7 +43,7 @@ def test_merge_writes_table_json_and_plots(tmp_path: Path) -> None:
     shard_files = []
     for s in range(2):
         f = tmp_path / f"shard{s}.parquet"
-        run_shard([str(path)], cfg, s).to_parquet(f)
+        run_shard([str(path)], cfg, CUT, s).to_parquet(f)
         shard_files.append(str(f))
     out = tmp_path / "out"
     e = merge_shards(shard_files, cfg, str(out / "word_effects.parquet"), str(out / "causal.json"),

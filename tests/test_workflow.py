@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT
 from pathreplay.words.effects import run_shard
 from pathreplay.words.settings import words_config
-from words_data import REAL_MAPPING, real_path
+from words_data import CUT, REAL_MAPPING, real_path
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
@@ -296,7 +296,7 @@ def test_words_rule_end_to_end(tmp_path):
     run = snakemake(tmp_path, "--cores", "2", "words", config={"words": words})
     assert run.returncode == 0, run.stderr[-3000:]
     e = pd.read_parquet(tmp_path / "results" / "words" / "word_effects.parquet")
-    direct = run_shard([str(real)], words_config(REAL_MAPPING))
+    direct = run_shard([str(real)], words_config(REAL_MAPPING), CUT)
     assert len(e) == len(direct)
     assert set(zip(e.layer, e.feature_id, e.contrast, e.text, e.stem)) == \
         set(zip(direct.layer, direct.feature_id, direct.contrast, direct.text, direct.stem))

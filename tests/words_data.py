@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 
 from conftest import DOSE_RESPONSE, real_fixture
+from pathreplay.study.task import SLOT_MACHINE
+
+CUT = SLOT_MACHINE.answer_end  # where a slot-machine answer ends: the words' `cut` texts
 
 REAL_MAPPING = {"columns": {"level": "scale", "context": "prompt_type", "trial": "trial_index"},
                 "levels": "ordered", "contrasts": []}

@@ -13,11 +13,12 @@ import torch
 from .errors import fail
 from .features import read_feature_table, validate_feature_table
 from .io import write_json
-from .model import check_model, check_prompt_lengths
-from .plan import CaptureSpec, capture_bytes, parse_conditions, select_or_fail
-from .prompts import Prompt, read_prompts
-from .sae import SAESource
-from .sae_files import SAEMeta, nonfinite_weights, weights_file
+from .replay.plan import CaptureSpec, capture_bytes, parse_conditions, select_or_fail
+from .replay.prompts import Prompt, read_prompts
+from .runtime.model import check_model, check_prompt_lengths
+from .sae.exact import SAESource
+from .sae.files import SAEMeta, nonfinite_weights, weights_file
+from .task import check_task, load_task
 
 
 def resolve(path: str, repo: Path) -> str:
@@ -90,8 +91,15 @@ def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, 
                         sec[key] = str(local[0] / sec[key])
             else:
                 sec[key] = resolve(sec[key], repo)
+    if str(config.get("task", "")).endswith(".py"):  # a task in a file of the user's
+        config["task"] = resolve(config["task"], repo)
     if not full:
         return Checked({}, [])
+    if config.get("task"):
+        check_task(load_task(config["task"]), config.get("parser", "first"))
+        if not load_task(config["task"]).exp1 and not (config.get("features") or {}).get("table"):
+            fail("features.table", f"task {config['task']!r} plays no Exp1 games to find features with",
+                 "give a feature table (features.table), or use task: slot_machine")
     metas, prompts = {}, []
     if jobs_here and config.get("device") == "cuda" and not torch.cuda.is_available():
         fail("device", "cuda was asked for but no GPU is visible here, where the jobs run",

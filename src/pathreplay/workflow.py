@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import run_cli
 
 if TYPE_CHECKING:
-    from .model import Device
+    from .runtime.model import Device
 
 
 def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
@@ -64,7 +64,7 @@ class _Tee:
 def claim_device(device: Device) -> Any:
     """Claim a GPU slot (unless the config says cpu) and return the torch device to use."""
     from .gpu import acquire_device  # torch only for the scripts that load a model
-    from .model import resolve_device
+    from .runtime.model import resolve_device
 
     if device != "cpu":
         slot = acquire_device()
@@ -75,7 +75,7 @@ def claim_device(device: Device) -> Any:
 def open_model(device: Device, path: str, dtype: str = "float32", trust_remote_code: bool = False
                ) -> tuple[Any, Any]:
     """Claim a device and load the model and tokenizer (config section `model`) onto it."""
-    from .model import load_model
+    from .runtime.model import load_model
 
     claim_device(device)
     return load_model(path, dtype, device, trust_remote_code)

@@ -17,7 +17,7 @@ REPO = Path(workflow.basedir)
 try:
     from pathreplay.config import check_config, replay_estimate
     from pathreplay.errors import UserError, run_cli
-    from pathreplay.prompts import SAFE_ID
+    from pathreplay.replay.prompts import SAFE_ID
     from pathreplay.schema import SCHEMA, schema_message
     from pathreplay.words.logs import log_paths
     from pathreplay.words.settings import words_config
@@ -92,6 +92,7 @@ def replay_settings(stage):
     out = dict(
         temperature=r["temperature"],
         batch_size=r["batch_size"],
+        task=config["task"],
         parser=config["parser"],
         mode=r["mode"],
         positions=r["positions"],

@@ -35,6 +35,7 @@ rule pathways:
     threads: 2
     params:
         stats=pick("stats", "alpha", "min_delta"),
+        task=config["task"],
     script:
         "../scripts/pathways.py"
 

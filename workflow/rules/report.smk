@@ -26,6 +26,7 @@ rule report_figures:
         "../../envs/pathreplay.yaml"
     params:
         cap=120,
+        task=config["task"],
     script:
         "../scripts/report_figures.py"
 

@@ -17,6 +17,7 @@ rule words_shard:
         "../../envs/pathreplay.yaml"
     params:
         words=config["words"],  # a changed setting reruns the shards
+        task=config["task"],  # where an answer ends (the `cut` texts)
     script:
         "../scripts/words_shard.py"
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from pathreplay.demo import DemoSpec, build
+from pathreplay.study.demo import DemoSpec, build
 from pathreplay.workflow import run_script
 
 

@@ -1,5 +1,5 @@
-from pathreplay.demo import measure_figures
 from pathreplay.io import write_table
+from pathreplay.study.demo import measure_figures
 from pathreplay.workflow import claim_device, run_script
 
 

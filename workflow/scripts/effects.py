@@ -2,10 +2,12 @@ import logging
 
 import pandas as pd
 
-from pathreplay.effects import MIN_PROMPTS_TESTED, layer_effects, read_codes
-from pathreplay.effects_write import write_effects
-from pathreplay.encode import part_of
+from pathreplay.effects.codes import read_codes
+from pathreplay.effects.columns import MIN_PROMPTS_TESTED
+from pathreplay.effects.layers import layer_effects
+from pathreplay.effects.write import write_effects
 from pathreplay.io import read_table
+from pathreplay.sae.encode import part_of
 from pathreplay.workflow import run_script
 
 

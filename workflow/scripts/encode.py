@@ -1,6 +1,6 @@
-from pathreplay.encode import encode_part, part_of, save_partial
 from pathreplay.io import write_table
-from pathreplay.sae import SAESource
+from pathreplay.sae.encode import encode_part, part_of, save_partial
+from pathreplay.sae.exact import SAESource
 from pathreplay.workflow import claim_device, run_script
 
 

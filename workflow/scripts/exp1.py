@@ -1,6 +1,6 @@
-from pathreplay.exp1 import feature_table, play_games
 from pathreplay.io import write_table
-from pathreplay.sae import SAESource
+from pathreplay.sae.exact import SAESource
+from pathreplay.study.exp1 import feature_table, play_games
 from pathreplay.workflow import open_model, run_script
 
 

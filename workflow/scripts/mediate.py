@@ -4,11 +4,11 @@ import pandas as pd
 
 from pathreplay.features import parse_feature_name
 from pathreplay.io import read_table, read_tables, write_table
-from pathreplay.mediation import PATH_COLUMNS, Slice, mediate, to_mediate
-from pathreplay.plan import parse_conditions, patched_jobs
-from pathreplay.prompts import read_prompts
-from pathreplay.replay import ReplaySettings
-from pathreplay.sae import SAESource
+from pathreplay.pathways.mediation import PATH_COLUMNS, Slice, mediate, to_mediate
+from pathreplay.replay.plan import parse_conditions, patched_jobs
+from pathreplay.replay.prompts import read_prompts
+from pathreplay.replay.trials import ReplaySettings
+from pathreplay.sae.exact import SAESource
 from pathreplay.workflow import open_model, run_script
 
 

@@ -1,9 +1,11 @@
 import logging
 
-from pathreplay.behaviour import behaviour_effects
+from pathreplay.behaviour.measures import behaviour_effects
 from pathreplay.io import read_tables, write_table
-from pathreplay.pathways import chains, patch_fidelity, patch_signs
-from pathreplay.runwide import run_tables
+from pathreplay.pathways.checks import patch_fidelity
+from pathreplay.pathways.edges import chains, patch_signs
+from pathreplay.pathways.runwide import run_tables
+from pathreplay.task import load_task
 from pathreplay.workflow import run_script
 
 
@@ -19,7 +21,8 @@ def main(sm):
     write_table(e, sm.output.edges)
     write_table(chains(e, patch_signs(patched)), sm.output.chains)
     main_baseline = baseline[baseline["condition"] == "baseline"]
-    write_table(behaviour_effects(patched[patched["run"] == "generated"], main_baseline), sm.output.behaviour)
+    task = load_task(sm.params.task)
+    write_table(behaviour_effects(patched[patched["run"] == "generated"], main_baseline, task), sm.output.behaviour)
     write_table(run.null, sm.output.null)
     write_table(run.upstream, sm.output.upstream)
     write_table(patch_fidelity(patched), sm.output.fidelity)

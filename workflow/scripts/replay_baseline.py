@@ -1,6 +1,6 @@
-from pathreplay.prompts import read_prompts
-from pathreplay.coupled import run_baseline
-from pathreplay.replay import ReplaySettings, write_result
+from pathreplay.replay.coupled import run_baseline
+from pathreplay.replay.prompts import read_prompts
+from pathreplay.replay.trials import ReplaySettings, write_result
 from pathreplay.workflow import open_model, run_script
 
 

@@ -1,11 +1,11 @@
 import pandas as pd
 
-from pathreplay.coupled import run_features
 from pathreplay.io import read_tables
-from pathreplay.plan import parse_conditions
-from pathreplay.prompts import read_prompts
-from pathreplay.replay import ReplaySettings, write_result
-from pathreplay.sae import SAESource
+from pathreplay.replay.coupled import run_features
+from pathreplay.replay.plan import parse_conditions
+from pathreplay.replay.prompts import read_prompts
+from pathreplay.replay.trials import ReplaySettings, write_result
+from pathreplay.sae.exact import SAESource
 from pathreplay.workflow import open_model, run_script
 
 

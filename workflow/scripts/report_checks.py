@@ -1,5 +1,5 @@
-from pathreplay.figures import html_table
 from pathreplay.io import read_table
+from pathreplay.report.figures import html_table
 from pathreplay.workflow import run_script
 
 

@@ -1,7 +1,8 @@
 import logging
 
-from pathreplay.figures import pathway_graph, report_figures
 from pathreplay.io import atomic_dir, read_table
+from pathreplay.report.figures import pathway_graph, report_figures
+from pathreplay.task import load_task
 from pathreplay.workflow import run_script
 
 
@@ -12,7 +13,7 @@ def main(sm):
     cap = sm.params.cap
     left = pathway_graph(edges, paths, sm.output.graph, cap=cap)
     with atomic_dir(sm.output.sources) as tmp:
-        report_figures(edges, paths, behaviour, sources, tmp, cap=cap)
+        report_figures(edges, paths, behaviour, sources, tmp, rate=load_task(sm.params.task).primary.name, cap=cap)
     logging.info("pathway graph of %d edges (%d left out by the cap of %d); figures of %d sources", len(edges),
                  left, cap, len(sources))
 

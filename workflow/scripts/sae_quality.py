@@ -1,8 +1,8 @@
 import pandas as pd
 
-from pathreplay.effects import code_layer
-from pathreplay.encode import load_partial, log_quality, merge_quality
+from pathreplay.effects.codes import code_layer
 from pathreplay.io import write_table
+from pathreplay.sae.encode import load_partial, log_quality, merge_quality
 from pathreplay.workflow import run_script
 
 

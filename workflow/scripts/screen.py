@@ -1,10 +1,11 @@
+from pathreplay.behaviour.screen import classify, screen_features
 from pathreplay.features import read_feature_table
 from pathreplay.io import write_table
-from pathreplay.plan import check_targets, parse_conditions, select_features
-from pathreplay.prompts import read_prompts
-from pathreplay.replay import ReplaySettings
-from pathreplay.sae import SAESource
-from pathreplay.screen import classify, screen_features
+from pathreplay.replay.plan import check_targets, parse_conditions, select_features
+from pathreplay.replay.prompts import read_prompts
+from pathreplay.replay.trials import ReplaySettings
+from pathreplay.sae.exact import SAESource
+from pathreplay.task import load_task
 from pathreplay.workflow import open_model, run_script
 
 
@@ -24,7 +25,7 @@ def main(sm):
         check_targets(candidates, conds, {n: f.threshold for n, (_, f) in feats.items()}, "screen.conditions")
     effects, _ = screen_features(model, tok, candidates, feats, prompts, conds, s["trials"],
                                  ReplaySettings(**p.settings), p.seed)
-    verdict = classify(candidates, effects, s["alpha"], s["min_delta"])
+    verdict = classify(candidates, effects, s["alpha"], s["min_delta"], load_task(p.settings["task"]))
     write_table(effects, sm.output.behaviour)
     write_table(verdict, sm.output.features)
 

@@ -2,8 +2,8 @@ import logging
 
 from pathreplay.features import read_feature_table
 from pathreplay.io import write_table
-from pathreplay.plan import check_targets, parse_conditions, select_or_fail
-from pathreplay.sae import SAESource
+from pathreplay.replay.plan import check_targets, parse_conditions, select_or_fail
+from pathreplay.sae.exact import SAESource
 from pathreplay.workflow import run_script
 
 

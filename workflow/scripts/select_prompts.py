@@ -3,10 +3,10 @@ import logging
 import pandas as pd
 
 from pathreplay.io import write_table
-from pathreplay.plan import prompts_for_features
-from pathreplay.prompts import read_prompts
+from pathreplay.replay.plan import prompts_for_features
+from pathreplay.replay.prompts import read_prompts
 from pathreplay.runtime.patch import last_position_values
-from pathreplay.sae import SAESource
+from pathreplay.sae.exact import SAESource
 from pathreplay.workflow import open_model, run_script
 
 

@@ -2,6 +2,7 @@ import logging
 
 from pathreplay.errors import fail
 from pathreplay.io import write_table
+from pathreplay.task import load_task
 from pathreplay.words.effects import run_shard
 from pathreplay.words.settings import words_config
 from pathreplay.workflow import run_script
@@ -13,7 +14,7 @@ def main(sm):
     if not logs:
         fail("config words.logs", "is empty", "list your trial logs (paths or globs) under words.logs")
     shard = int(sm.wildcards.shard)
-    effects = run_shard(logs, cfg, shard)
+    effects = run_shard(logs, cfg, load_task(sm.params.task).answer_end, shard)
     write_table(effects, sm.output[0])
     logging.info("shard %d of %d: %d tested rows from %d log files", shard, cfg.shards, len(effects), len(logs))
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..model import decoder_layers
 from . import kernels, prefix
+from .model import decoder_layers
 from .patch import Interventions
 from .prefix import Prefix, groups_of
 from .static import Store

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..model import encode_prompts, positions
+from .model import encode_prompts, positions
 from .patch import Interventions
 from .static import Store
 

@@ -8,7 +8,7 @@ here reads `output_hidden_states`, whose recorder can run before a later-registe
 Modes (v is a row's target or, for `add` and `random`, an amount; NaN leaves a row alone). With
 pre(h) = w.h + b the feature's pre-activation, f(h) its value (pre above the threshold, else 0),
 u its decoder row and d = u / (w.u) the decoder row scaled so the encoder reads one unit of d as
-one unit of pre-activation (sae.Feature.direction):
+one unit of pre-activation (sae.exact.Feature.direction):
 - decoder (default): h += (v - f(h)) u, the move the SAE's own decoding makes when the code's
   entry i is set to v and the error term is kept (feature steering as the SAE defines it). An
   active feature reads back v; an inactive one moves by v u and reads back v only if that lifts
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..model import decoder_layers, encode_prompts, positions
-from ..sae import SAE, Feature
+from ..sae.exact import SAE, Feature
+from .model import decoder_layers, encode_prompts, positions
 from .static import Store
 
 Mode = Literal["decoder", "clamp", "reconstruct", "add", "sham", "random"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ..decision import decision_boundary
 from .lexicon import WordIndex
 from .logs import Trials, read_trials
 from .settings import TEXTS, WordsConfig
@@ -35,8 +34,9 @@ class Counts(NamedTuple):
 class WordCounter:
     """Accumulates Counts chunk by chunk; memory grows with the distinct (group, word) pairs only."""
 
-    def __init__(self, cfg: WordsConfig, shard: int | None = None, cache_size: int = 200_000) -> None:
-        self.cfg, self.shard, self.cache_size = cfg, shard, cache_size
+    def __init__(self, cfg: WordsConfig, answer_end: Callable[[str], int], shard: int | None = None,
+                 cache_size: int = 200_000) -> None:
+        self.cfg, self.answer_end, self.shard, self.cache_size = cfg, answer_end, shard, cache_size
         self.index = WordIndex(cfg.stopwords, cfg.min_length, cfg.stem)
         self._gid: dict[tuple, int] = {}
         self._groups: list[tuple] = []
@@ -61,7 +61,7 @@ class WordCounter:
         if len(self._rid) >= self.cache_size:  # bounded: distinct responses can be millions
             self._flush_pending()
             self._reset_cache()
-        cut = decision_boundary(resp)
+        cut = self.answer_end(resp)
         head, tail = self.index.ids(resp[:cut]), self.index.ids(resp[cut:])
         for name in self.cfg.texts:
             ids = head if name == "cut" else set(head).union(tail)
@@ -135,9 +135,11 @@ def _merge_counts(old_k: np.ndarray, old_c: np.ndarray, new_k: np.ndarray,
     return np.insert(old_k, pos[miss], new_k[miss]), np.insert(old_c, pos[miss], new_c[miss])
 
 
-def count_logs(paths: Sequence[str], cfg: WordsConfig, shard: int | None = None) -> Counts:
-    """Stream the logs once and count (only the features of `shard` when given)."""
-    counter = WordCounter(cfg, shard)
+def count_logs(paths: Sequence[str], cfg: WordsConfig, answer_end: Callable[[str], int],
+               shard: int | None = None) -> Counts:
+    """Stream the logs once and count (only the features of `shard` when given); a response's
+    `cut` text ends at answer_end(response) (the task's: task.Task.answer_end)."""
+    counter = WordCounter(cfg, answer_end, shard)
     for chunk in read_trials(paths, cfg):
         counter.add(chunk)
     log.info("counted %d trials of shard %s", counter.trials, shard)

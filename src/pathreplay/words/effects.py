@@ -4,13 +4,14 @@ with its prior, and BH q-values within each (feature, contrast, text)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..features import feature_name
-from ..stats import bh, chi2_2x2, cochran_armitage, fisher_exact_2x2, log_odds_prior
+from ..stats.multiple import bh
+from ..stats.tables import chi2_2x2, cochran_armitage, fisher_exact_2x2, log_odds_prior
 from .counts import Counts, count_logs, shard_of
 from .settings import TEXTS, Contrast, WordsConfig, level_label
 
@@ -232,10 +233,11 @@ def untested(counts: Counts, cfg: WordsConfig) -> list[str]:
     return out
 
 
-def run_shard(paths: Sequence[str], cfg: WordsConfig, shard: int | None = None) -> pd.DataFrame:
+def run_shard(paths: Sequence[str], cfg: WordsConfig, answer_end: Callable[[str], int],
+              shard: int | None = None) -> pd.DataFrame:
     """Count and test the features of one shard (all features when `shard` is None); say in the
-    log what the logs leave untested."""
-    counts = count_logs(paths, cfg, shard)
+    log what the logs leave untested. `answer_end`: where a response's answer ends (count_logs)."""
+    counts = count_logs(paths, cfg, answer_end, shard)
     for what in untested(counts, cfg):
         log.warning("not tested: %s", what)
     out = word_effects(counts, cfg)

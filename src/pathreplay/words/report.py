@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..features import feature_name
-from ..figures import pyplot, savefig
 from ..io import atomic_dir, read_tables, write_json, write_table
+from ..report.figures import pyplot, savefig
 from .effects import SORT, empty_effects, relabel
 from .settings import ORIGINAL_ALL_KEYS, WordsConfig
 
