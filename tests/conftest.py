@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -119,3 +121,68 @@ def tiny_saes(tmp_path_factory, tiny_lm):
                                   torch.randn(d, generator=g) * 0.1, block=b, threshold=0.05,
                                   avg_norm=float(d ** 0.5))
     return out
+
+
+class Planted(NamedTuple):
+    """A model whose blocks compute a chain, and SAEs whose features read its directions."""
+
+    model: object
+    tok: object
+    saes: object  # pathreplay.sae.exact.SAESource
+    dirs: dict  # name -> unit direction (A, B, C, X)
+
+
+# Planted features (layer, index): A and X at block 0 are sources; block 1 computes B from A,
+# block 2 computes C from B; P2 and P3 read A's own direction, which no block writes.
+PLANTED = {"A": (0, 5), "X": (0, 7), "B": (1, 9), "C": (2, 4), "P2": (2, 11), "P3": (3, 2)}
+
+
+def make_planted(root: Path) -> Planted:
+    """A 4-block Llama whose blocks compute A -> B -> C and never write A's direction.
+
+    Four orthonormal directions e_A, e_B, e_C, e_X are taken out of the embeddings and of every
+    block's output projections (o_proj, down_proj), so no random weight writes them and the
+    baseline residual has none of them. Block 1's MLP gets one neuron that reads e_A and writes
+    e_B, block 2's one that reads e_B and writes e_C (silu(a) a k: 0 at a = 0). SAEs (Llama Scope
+    files, 16 features a layer): the planted features read and write their directions at unit
+    gain with a bias of 5, so they are active throughout; the other features are random."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tok = make_tiny_lm()
+    torch.manual_seed(0)
+    d = 32
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(d, 4, generator=g))
+    dirs = dict(zip("ABCX", q.T.contiguous()))
+    off = torch.eye(d) - q @ q.T
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight @ off)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.copy_(off @ layer.self_attn.o_proj.weight)
+            layer.mlp.down_proj.weight.copy_(off @ layer.mlp.down_proj.weight)
+        for block, (src, dst) in ((1, ("A", "B")), (2, ("B", "C"))):
+            mlp = model.model.layers[block].mlp
+            mlp.gate_proj.weight[0] = dirs[src]
+            mlp.up_proj.weight[0] = dirs[src]
+            mlp.down_proj.weight[:, 0] = 0.1 * dirs[dst]
+    reads = {0: {5: "A", 7: "X"}, 1: {9: "B"}, 2: {4: "C", 11: "A"}, 3: {2: "A"}}
+    for block in range(4):
+        E, D = torch.randn(16, d, generator=g) / d, torch.randn(d, 16, generator=g) / d
+        bias = torch.zeros(16)
+        for i, name in reads[block].items():  # a unit decoder row too: unit gain, the encoder as written
+            E[i], D[:, i], bias[i] = dirs[name], dirs[name], 5.0
+        write_llamascope(root / f"L{block}R", E, bias, D, torch.zeros(d), block=block, threshold=0.0,
+                         avg_norm=math.sqrt(d))
+    from pathreplay.sae.exact import SAESource
+
+    return Planted(model, tok, SAESource(str(root / "L{layer}R"), "llamascope"), dirs)
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """make_planted(), once per session."""
+    return make_planted(tmp_path_factory.mktemp("planted"))

@@ -79,8 +79,13 @@ def test_random_control_moves_h_as_far_as_its_condition_along_another_line(repla
                                rtol=1e-4)
     feat = load_feature(tiny_saes[1], "llamascope", 1, 4)
     r = random_direction(feat, 7, "L1-4", "risky_value")
-    assert float(r.norm()) == pytest.approx(1.0) and abs(float(r @ feat.u)) < 1e-5
+    assert float(r.norm()) == pytest.approx(1.0)
+    # orthogonal to the encoder row as well as the decoder row: the source itself does not move
+    for row in (feat.w, feat.u):
+        assert abs(float(r.double() @ row.double()) / float(row.double().norm())) < 1e-6
     assert not torch.equal(r, random_direction(feat, 7, "L1-4", "2*risky_value"))
+    rand = t[t["condition"] == "random:risky_value"]
+    np.testing.assert_allclose(rand["value_after_last"], rand["value_before_last"], atol=1e-5)
 
 
 def test_run_baseline_marks_no_feature_and_draws_placebo_on_other_seeds(replayed):

@@ -17,7 +17,7 @@ from pathreplay.errors import UserError
 
 def _trials(prompt_ids, trials, part, rows=None, condition="baseline"):
     return pd.DataFrame({"prompt_id": prompt_ids, "trial": trials, "part": part, "condition": condition,
-                         "row": rows if rows is not None else list(range(len(prompt_ids)))})
+                         "row": rows if rows is not None else list(range(len(prompt_ids))), "n_positions": 1})
 
 
 def test_pairs_of_matches_prompt_and_trial_and_drops_unmatched():
@@ -91,11 +91,23 @@ def test_feature_effects_pairs_by_seed_in_every_scope_and_control():
     # `last` is 0 everywhere and 2 prompts are too few: nothing tested, never p = 0
     assert e.xs("prompt_last", level="scope")["p_value"].isna().all()
     assert (e.xs("prompt_last", level="scope")["n"] == 2).all()
-    # the sham and placebo rows are there, untested: their differences are all zero
-    assert e.loc[("sham", "forced"), "control"] == "sham" and e.loc[("placebo", "generated"), "control"] == "placebo"
-    assert pd.isna(e.loc[("placebo", "generated"), "p_value"])
+    # the sham rows are there, untested: their differences are all zero (the placebo is a study of its own)
+    assert e.loc[("sham", "forced"), "control"] == "sham" and pd.isna(e.loc[("sham", "forced"), "p_value"])
+    assert "placebo" not in set(e["control"])
     # block 0 is upstream of the source: a negative control of its own
     assert set(res.upstream["target_layer"]) == {0} and "q_within_source" not in res.upstream
+
+
+def test_a_trial_without_a_kept_position_leaves_n():
+    # the patched trial ("b", 1) stopped at its first token: its mean over kept positions is no
+    # number; counted as 0 it would pull the generated delta of 1 towards 0
+    patched, base, codes = _case()
+    stopped = (patched["prompt_id"] == "b") & (patched["trial"] == 1) & (patched["run"] == "generated")
+    patched.loc[stopped, "n_positions"] = 0
+    codes[2] = codes[2][~codes[2]["row"].isin(patched.loc[stopped, "row"]) | (codes[2]["part"] != "patched/s000")]
+    e = feature_effects(patched, base, codes, min_delta=0.05, min_prompts=2).effects.set_index(["condition", "scope"])
+    assert e.loc[("up", "generated"), "n_trials"] == 3 and e.loc[("up", "generated"), "delta"] == 1.0
+    assert e.loc[("up", "forced"), "n_trials"] == 4 and e.loc[("up", "prompt_last"), "n_trials"] == 4
 
 
 @pytest.mark.parametrize("case, says", [

@@ -14,7 +14,7 @@ def edge(src: tuple[int, int], dst: tuple[int, int], delta: float, scope: str = 
             "target_layer": dst[0], "target_feature": dst[1], "delta": delta, "q_value": 0.01,
             "delta_forced": delta if scope == "forced" else None, "q_forced": 0.01,
             "delta_generated": delta if scope == "generated" else None, "q_generated": 0.01,
-            "robust": True, "nonspecific": False}
+            "robust": True, "nonspecific": False, "kind": "computed", "delta_computed": delta, "q_computed": 0.01}
 
 
 EDGES = pd.DataFrame([
@@ -61,13 +61,13 @@ def test_figures_are_written_when_nothing_passed(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["L3-9.decisions.svg", "L3-9.edges.html",
                                                           "L3-9.graph.svg"]
     assert "no edge from this source" in (tmp_path / "L3-9.edges.html").read_text()
-    assert "L3-9: 0 edges" in (tmp_path / "L3-9.graph.svg").read_text()
+    assert "L3-9: 0 computed, specific edges" in (tmp_path / "L3-9.graph.svg").read_text()
 
 
 def test_the_graph_names_its_edges_and_what_the_cap_left_out(tmp_path) -> None:
     left = pathway_graph(EDGES, PATHS, tmp_path / "g.svg", cap=2)
     svg = (tmp_path / "g.svg").read_text()
-    assert left == 3 and "2 edges (3 weaker ones left out)" in svg
+    assert left == 3 and "2 computed, specific edges (3 weaker ones left out); doses c" in svg
 
 
 def test_html_tables_are_whole_pages(tmp_path) -> None:
@@ -90,3 +90,10 @@ def test_the_same_graph_is_the_same_file_in_any_process(tmp_path) -> None:
         subprocess.run([sys.executable, "-c", code, str(tmp_path / "e.parquet"), str(tmp_path / f"g{seed}.svg")],
                        check=True, env={**os.environ, "PYTHONHASHSEED": seed})
     assert (tmp_path / "g1.svg").read_bytes() == (tmp_path / "g2.svg").read_bytes()
+
+
+def test_the_graph_draws_only_computed_specific_edges() -> None:
+    mixed = EDGES.assign(kind=["computed", "computed", "passthrough", "computed", "computed", "computed"],
+                         nonspecific=[False, False, False, False, True, False])
+    e, left = graph_edges(mixed)
+    assert left == 0 and sorted(zip(e["src"], e["dst"])) == [("L0-1", "L1-2"), ("L0-1", "L2-4"), ("L1-7", "L2-5")]

@@ -39,7 +39,7 @@ def test_summary_by_hand():
     assert out["total"] == pytest.approx(1.0) and out["direct"] == pytest.approx(0.1)
     assert out["indirect"] == pytest.approx(0.9) and out["indirect_share"] == pytest.approx(0.9)
     assert out["share_lo"] == pytest.approx(0.9) and out["share_hi"] == pytest.approx(0.9)  # direct is 10% of each
-    assert out["test"] == "t" and 0 < out["p_indirect"] < 1e-10 and bool(out["mediated"])
+    assert out["test"] == "sign_flip_saddlepoint" and out["p_indirect"] == 2.0 ** (1 - 36) and bool(out["mediated"])
 
 
 def test_no_indirect_effect_is_not_mediated():

@@ -1,147 +1,214 @@
-"""A chain planted by construction, end to end through the library: replay with its controls,
-encode, effects, run-wide edges, chains and mediation. A -> B -> C: B reads A's decoder row and
-writes it on, C reads B's; B is a source too. Also the pieces: chains and the controls' tables."""
+"""A chain computed by a planted model, end to end through the library: replay with its controls,
+encode (the read-through of every patch included), effects, run-wide edges, chains and
+mediation. Block 1 computes B from A, block 2 C from B; P2 and P3 read A's own direction, which
+no block writes: their edges are the patch read back (passthrough), A -> B and A -> C are
+computed. X, a source off the chain, has none. Also the pieces: chains and the controls' tables."""
 
 from __future__ import annotations
 
-import math
+import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from conftest import replay_prompts, write_llamascope
+from conftest import PLANTED, replay_prompts
 from pathreplay.effects.layers import feature_effects
-from pathreplay.pathways.checks import null_summary, upstream_summary
-from pathreplay.pathways.edges import chains, edges, patch_signs, run_wide
+from pathreplay.effects.placebo import placebo_study
+from pathreplay.errors import UserError
+from pathreplay.features import feature_name
+from pathreplay.pathways.checks import null_summary, placebo_summary, upstream_summary
+from pathreplay.pathways.edges import chains, edges, headline, patch_signs, run_wide
 from pathreplay.pathways.mediation import Slice, mediate
-from pathreplay.replay.coupled import run_baseline, run_features
+from pathreplay.replay.coupled import patch_vectors, run_baseline, run_features
 from pathreplay.replay.plan import Condition, patched_jobs
 from pathreplay.replay.trials import ReplaySettings, write_result
 from pathreplay.sae.encode import encode_parts
-from pathreplay.sae.exact import SAESource
+from pathreplay.sae.passthrough import shard_layer
+from pathreplay.stats.multiple import bh
 
 PROMPTS = replay_prompts()
-A, B, C, X = 5, 9, 4, 7  # A and X at block 0, B at block 1, C at block 2; X writes off A's line
+LAYERS = (0, 1, 2, 3)
+NAMES = {k: feature_name(*v) for k, v in PLANTED.items()}  # A: L0-5, B: L1-9, C: L2-4, X: L0-7, P2, P3
+SEED = 11
 
 
-@pytest.fixture(scope="module")
-def planted(tiny_lm, tmp_path_factory):
-    model, _ = tiny_lm
-    d = model.config.hidden_size
-    g = torch.Generator().manual_seed(3)
-    root = tmp_path_factory.mktemp("planted")
-    v = torch.randn(d, generator=g)
-    w = torch.randn(d, generator=g)
-    w -= (w @ v) / (v @ v) * v  # X's line, orthogonal to the chain's
-    for block, writes, reads in ((0, {A: v, X: w}, {A: v, X: w}), (1, {B: v}, {B: v}), (2, {}, {C: v})):
-        E, D = torch.randn(16, d, generator=g) / d, torch.randn(d, 16, generator=g) / d
-        bias = torch.zeros(16)
-        for i, r in reads.items():
-            E[i] = r / r.norm() ** 2  # reads its line at unit gain
-            bias[i] = 5.0 * math.sqrt(d) / math.sqrt(d)  # active throughout, so changes show
-        for i, wr in writes.items():
-            D[:, i] = wr
-        write_llamascope(root / f"L{block}R", E, bias, D, torch.zeros(d), block=block, threshold=0.0,
-                         avg_norm=math.sqrt(d))
-    return SAESource(str(root / "L{layer}R"), "llamascope")
+def _selected(names):
+    return pd.DataFrame({"feature": [NAMES[n] for n in names], "layer": [PLANTED[n][0] for n in names],
+                         "feature_id": [PLANTED[n][1] for n in names],
+                         "risky_value": 8.0}).set_index("feature")
 
 
-@pytest.fixture(scope="module")
-def traced(tiny_lm, planted, tmp_path_factory):
-    """The replay of A, B and X, encoded, tested and mediated."""
-    model, tok = tiny_lm
-    tmp = tmp_path_factory.mktemp("traced")
-    s = ReplaySettings(max_new_tokens=5, temperature=0.7, batch_size=8, capture_layers=(0, 1, 2))
-    files = {b: [] for b in (0, 1, 2)}
+def replay_and_encode(planted, tmp, names, s):
+    """Baselines and the patched shard of `names` replayed, written and encoded: (trials,
+    baseline, codes, read-through codes, selected)."""
+    model, tok, saes = planted.model, planted.tok, planted.saes
+    files = {b: [] for b in LAYERS}
     baseline = []
     for q in PROMPTS:
-        res = run_baseline(model, tok, q, 8, 11, s, placebo=True)
-        paths = [str(tmp / f"b_{q.id}_L{b}.safetensors") for b in (0, 1, 2)]
-        write_result(res, (0, 1, 2), paths, str(tmp / "t.parquet"))
+        res = run_baseline(model, tok, q, 8, SEED, s, placebo=True)
+        paths = [str(tmp / "baseline" / q.id / f"L{b}.safetensors") for b in LAYERS]
+        write_result(res, LAYERS, paths, str(tmp / "baseline" / q.id / "trials.parquet"))
         baseline.append(res.trials.assign(part=f"baseline/{q.id}"))
-        for b in (0, 1, 2):
-            files[b].append((f"baseline/{q.id}", str(tmp / f"b_{q.id}_L{b}.safetensors")))
+        for b, path in zip(LAYERS, paths):
+            files[b].append((f"baseline/{q.id}", path))
     baseline = pd.concat(baseline, ignore_index=True)
-    selected = pd.DataFrame({"feature": ["L0-5", "L1-9", "L0-7"], "layer": [0, 1, 0], "feature_id": [A, B, X],
-                             "risky_value": [6.0, 6.0, 6.0]}).set_index("feature")
+    selected = _selected(names)
     plan = pd.DataFrame({"feature": [f for f in selected.index for _ in PROMPTS],
                          "prompt_id": [q.id for _ in selected.index for q in PROMPTS]})
-    feats = {n: (int(r.layer), planted.feature(int(r.layer), int(r.feature_id))) for n, r in selected.iterrows()}
+    feats = {n: (int(r.layer), saes.feature(int(r.layer), int(r.feature_id))) for n, r in selected.iterrows()}
     conds = [Condition("up", "risky_value", 1.0)]
-    patched = run_features(model, tok, selected, plan, {q.id: q for q in PROMPTS}, feats, conds, 8, 11, s, baseline)
-    write_result(patched, (0, 1, 2), [str(tmp / f"p_L{b}.safetensors") for b in (0, 1, 2)], str(tmp / "t.parquet"))
-    for b in (0, 1, 2):
-        files[b].append(("patched/s000", str(tmp / f"p_L{b}.safetensors")))
-    codes = {b: encode_parts(planted.load(b), files[b], b)[0] for b in (0, 1, 2)}
+    patched = run_features(model, tok, selected, plan, {q.id: q for q in PROMPTS}, feats, conds, 8, SEED, s,
+                           baseline)
+    shard = [str(tmp / "patched" / "s000" / f"L{b}.safetensors") for b in LAYERS]
+    write_result(patched, LAYERS, shard, str(tmp / "patched" / "s000" / "trials.parquet"))
     trials = patched.trials.assign(part="patched/s000")
-    results = {n: feature_effects(trials[trials["feature"] == n], baseline, codes, 0.05, 2) for n in selected.index}
+    vectors = patch_vectors(trials, feats, s.mode, SEED)
+    codes, through = {}, {}
+    for b in LAYERS:
+        sae = saes.load(b)
+        codes[b] = encode_parts(sae, files[b] + [("patched/s000", shard[b])], b)[0]
+        out = shard_layer(sae, b, "patched/s000", shard[b], trials, baseline, vectors,
+                          {part: path for part, path in files[b]}, "float32")
+        through[b] = out.passthrough
+        pd.testing.assert_frame_equal(out.codes, codes[b][codes[b]["part"] == "patched/s000"].reset_index(drop=True),
+                                      check_categorical=False)
+    return trials, baseline, codes, through, selected
+
+
+@pytest.fixture(scope="module")
+def traced(planted, tmp_path_factory):
+    """The replay of A, B and X, encoded, tested and mediated."""
+    s = ReplaySettings(max_new_tokens=5, temperature=0.7, batch_size=8, capture_layers=LAYERS)
+    trials, baseline, codes, through, selected = replay_and_encode(planted, tmp_path_factory.mktemp("traced"),
+                                                                   ["A", "B", "X"], s)
+    results = {n: feature_effects(trials[trials["feature"] == n], baseline, codes, 0.05, 2, passthrough=through)
+               for n in selected.index}
     effects = run_wide(pd.concat([r.effects for r in results.values()], ignore_index=True))
     e = edges(effects, 0.05, 0.05)
     ch = chains(e, patch_signs(trials))
-    slices = {n: Slice(n, layer, planted.feature(layer, fid)) for n, layer, fid in
-              (("L0-5", 0, A), ("L1-9", 1, B), ("L2-4", 2, C), ("L0-7", 0, X))}
-    todo = ch[(ch["scope"] == "forced") & (ch["c"] == "L2-4")]
-    jobs = {(a, "up"): patched_jobs(PROMPTS, selected.loc[a], conds, 8, 11) for a in set(todo["a"])}
-    paths = mediate(model, tok, todo, slices, jobs, baseline[baseline["condition"] == "baseline"], s, 0.05, 0.05)
-    return {"effects": effects, "edges": e, "chains": ch, "paths": paths, "results": results, "trials": trials}
+    slices = {NAMES[n]: Slice(NAMES[n], *PLANTED[n][:1], planted.saes.feature(*PLANTED[n])) for n in ("A", "B", "C", "X")}
+    todo = ch[(ch["scope"] == "forced") & (ch["c"] == NAMES["C"])]
+    conds = [Condition("up", "risky_value", 1.0)]
+    jobs = {(a, "up"): patched_jobs(PROMPTS, selected.loc[a], conds, 8, SEED) for a in set(todo["a"])}
+    paths = mediate(planted.model, planted.tok, todo, slices, jobs, baseline[baseline["condition"] == "baseline"], s,
+                    0.05, 0.05)
+    return {"effects": effects, "edges": e, "chains": ch, "paths": paths, "results": results, "trials": trials,
+            "baseline": baseline, "codes": codes}
+
+
+def _edge(e, src, dst, scope="forced"):
+    (sl, sf), (tl, tf) = PLANTED[src], PLANTED[dst]
+    row = e[(e["source_layer"] == sl) & (e["source_feature"] == sf) & (e["target_layer"] == tl)
+            & (e["target_feature"] == tf) & (e["scope"] == scope)]
+    assert len(row) == 1, (src, dst, scope)
+    return row.iloc[0]
+
+
+def test_the_read_through_is_told_apart_from_the_computation(traced):
+    e = traced["edges"]
+    for dst in ("B", "C"):  # computed by blocks 1 and 2: nothing of A's step is read there
+        r = _edge(e, "A", dst)
+        assert r["kind"] == "computed" and r["delta_computed"] >= 0.9 * r["delta"] > 0, r
+        assert abs(r["delta_passthrough"]) < 1e-3 * abs(r["delta"])
+    for dst in ("P2", "P3"):  # A's own direction, read two and three blocks on, written by none
+        r = _edge(e, "A", dst)
+        assert r["kind"] == "passthrough" and abs(r["delta_computed"]) < 1e-3 * abs(r["delta"]), r
+        assert r["delta_passthrough"] == pytest.approx(r["delta"], rel=1e-3) and r["delta"] > 2
+    eff = traced["effects"]
+    split = eff["delta_passthrough"] + eff["delta_computed"] - eff["delta"]
+    assert (split.abs() <= 1e-5 * np.maximum(1, eff["delta"].abs())).all()
+    assert headline(e).sum() < len(e) and not headline(e[e["kind"] == "passthrough"]).any()
 
 
 def test_planted_chain_is_mediated_by_its_middle(traced):
     paths = traced["paths"].set_index("path")
-    chain = paths.loc["L0-5 -> L1-9 -> L2-4"]
+    chain = paths.loc[f"{NAMES['A']} -> {NAMES['B']} -> {NAMES['C']}"]
     assert bool(chain["mediated"]) and chain["indirect_share"] >= 0.8, chain
     assert chain["share_lo"] > 0.5 and abs(chain["total"]) > 0.05 and chain["n_trials"] == 24
-    e = traced["edges"]
-    top = e[(e["source_feature"] == A) & (e["scope"] == "forced")].iloc[0]
-    assert (top["target_layer"], top["target_feature"]) in {(1, B), (2, C)}
     # the forced and generated deltas of an edge stand side by side
-    assert {"delta_forced", "delta_generated", "nonspecific"} <= set(e.columns)
+    assert {"delta_forced", "delta_generated", "nonspecific", "kind"} <= set(traced["edges"].columns)
 
 
 def test_the_control_feature_has_no_chain(traced):
     ch = traced["chains"]
-    assert not ch.empty and not (ch["a"] == "L0-7").any() and not (ch["b"] == "L0-7").any()
+    assert not ch.empty and not (ch["a"] == NAMES["X"]).any() and not (ch["b"] == NAMES["X"]).any()
+    assert not ch["path"].str.contains(NAMES["P2"]).any()  # a passthrough edge is no hop
 
 
 def test_upstream_forced_effects_are_exactly_zero_and_the_sham_changes_nothing(traced):
-    up = traced["results"]["L1-9"].upstream  # B at block 1: block 0 is upstream
+    up = traced["results"][NAMES["B"]].upstream  # B at block 1: block 0 is upstream
     assert len(up) and (up["target_layer"] == 0).all()
     forced = up[up["scope"] == "forced"]
     assert len(forced) and (forced["delta"] == 0).all() and (forced["n_nonzero"] == 0).all()
+    assert (up["delta_passthrough"] == 0).all()  # upstream, the patch's step is in no residual
     gen = up[(up["scope"] == "generated") & (up["control"] == "real")]
     assert (gen["n_nonzero"] > 0).any()  # tokens the patch changed move block 0 in the sampled runs
     eff = traced["effects"]
     sham = eff[eff["control"] == "sham"]
     assert len(sham) and (sham["delta"] == 0).all() and sham["p_value"].isna().all()
+    assert (sham["delta_passthrough"] == 0).all() and sham["p_computed"].isna().all()
     summary = upstream_summary(pd.concat([r.upstream for r in traced["results"].values()]))
     assert (summary.loc[summary["scope"] == "forced", "differing"] == 0).all()
 
 
 def test_the_controls_through_the_same_tests(traced):
     eff = traced["effects"]
-    assert set(eff["control"]) == {"real", "sham", "random", "placebo"}
+    assert set(eff["control"]) == {"real", "sham", "random"}
+    # the placebo study: 20 re-splits of each prompt's 16 exchangeable unpatched trials, judged
+    # at the real family's cutoff
+    baseline = traced["baseline"]
+    study = pd.concat(placebo_study(baseline, traced["codes"], [[q.id for q in PROMPTS]], 20, SEED, 0.05, 2))
+    assert set(study["split"]) == set(range(20)) and study.loc[study["scope"] == "prompt_last", "p_value"].isna().all()
+    real = eff[eff["control"] == "real"]
+    q = bh(real["p_value"].to_numpy(float))
+    cutoffs = {"trials": float(real["p_value"][q < 0.05].max()), "prompts": 0.0}
+    rows = placebo_summary(study, cutoffs, 0.05, 0.05, 1).set_index(["scope", "level"])
+    gen = rows.loc[("generated", "trials")]
+    assert gen["splits"] == 20 and gen["tests"] > 20 and gen["p_below_alpha"] <= 1.5 * 0.05
+    assert gen["splits_with_discoveries"] <= 2
     n = null_summary(eff, 0.05, 0.05)
-    plac = n[n["contrast"] == "placebo"]
-    assert len(plac) and (plac["discoveries"] == 0).all()
+    assert set(n["contrast"]) == {"real", "sham", "random"}
     # with one prompt-level difference per prompt, 3 prompts give an exact sign-flip p of 0.25 at best
     pl = eff[(eff["scope"] == "prompt_last") & eff["p_value"].notna()]
     assert (pl["p_value"] >= 0.25).all() and (pl["n"] == 3).all()
     assert (eff["p_value"].dropna() > 0).all()
+    # the random direction misses A's rows: the source reads back its baseline value under it
+    t = traced["trials"]
+    rand = t[(t["feature"] == NAMES["A"]) & (t["condition"] == "random:up") & (t["run"] == "forced")]
+    assert np.allclose(rand["value_after_last"], rand["value_before_last"], atol=1e-4)
+
+
+def test_a_patch_that_does_not_act_stops_the_encode(planted, tmp_path, monkeypatch):
+    # the sham cannot see it (its step is 0 either way): the patched layer's check can
+    from pathreplay.runtime import patch as patch_mod
+
+    real = patch_mod._apply
+
+    def inert(p, d, h, v, sel):
+        _, stats = real(p, d, h, v, sel)
+        return h, stats  # records the step it would take, takes none
+
+    monkeypatch.setattr(patch_mod, "_apply", inert)
+    s = ReplaySettings(max_new_tokens=4, temperature=0.7, batch_size=8, capture_layers=LAYERS)
+    with pytest.raises(UserError, match="is not its baseline plus the patch's step at the patched layer"):
+        replay_and_encode(planted, tmp_path, ["A"], s)
 
 
 def test_chains_need_one_scope_one_condition_and_agreeing_signs():
     e = pd.DataFrame({"source_layer": [0, 1, 1, 0], "source_feature": [1, 2, 2, 1], "condition": ["c", "c", "d", "c"],
                       "scope": ["forced", "forced", "forced", "generated"], "target_layer": [1, 2, 2, 1],
-                      "target_feature": [2, 3, 4, 2], "delta": [0.5, -0.3, 0.2, 0.4],
-                      "q_value": [0.01, 0.02, 0.01, 0.03]})
+                      "target_feature": [2, 3, 4, 2], "delta_computed": [0.5, -0.3, 0.2, 0.4],
+                      "q_computed": [0.01, 0.02, 0.01, 0.03], "kind": "computed", "nonspecific": False})
     signs = {("L1-2", "c"): 1.0, ("L1-2", "d"): 1.0}
     c = chains(e, signs)
     assert c["path"].tolist() == ["L0-1 -> L1-2 -> L2-3"] and c["scope"].tolist() == ["forced"]
     assert (c["delta_ab"].iloc[0], c["delta_bc"].iloc[0]) == (0.5, -0.3)
     # A lowering B while B's own patch raised it: B's edge says nothing about A's effect through it
-    assert chains(e.assign(delta=[-0.5, -0.3, 0.2, 0.4]), signs).empty
+    assert chains(e.assign(delta_computed=[-0.5, -0.3, 0.2, 0.4]), signs).empty
+    # a passthrough or nonspecific hop is no hop
+    assert chains(e.assign(kind=["passthrough", "computed", "computed", "computed"]), signs).empty
+    assert chains(e.assign(nonspecific=[False, True, False, False]), signs).empty
 
 
 def test_patch_signs_from_the_trials():
@@ -163,8 +230,9 @@ def test_rows_left_out_for_inactive_targets_keep_the_summaries():
                         "scope": ["generated", "forced", "forced"], "target_layer": 1, "target_feature": [2, 3, 3],
                         "p_value": [1e-6, 0.5, 0.4], "delta": [0.5, 0.1, 0.2]})
     for col in ("mean_baseline", "mean_patched", "effect_size", "test", "n", "n_nonzero", "n_trials", "n_prompts",
-                "prompts_replicated", "prompts_opposite", "robust", "q_within_source"):
+                "prompts_replicated", "prompts_opposite", "robust", "q_within_source", "delta_passthrough"):
         eff[col] = 0
+    eff["delta_computed"], eff["p_computed"], eff["p_prompts"] = eff["delta"], eff["p_value"], eff["p_value"]
     eff.loc[2, "target_feature"], eff.loc[2, "scope"] = 3, "generated"
     e = edges(run_wide(eff), 0.05, 0.05)
     assert len(e) == 1 and e["delta_forced"].iloc[0] == 0.0 and np.isnan(e["q_forced"].iloc[0])
@@ -196,13 +264,19 @@ def _synthetic_source(rng, layer, fid, conds, n_layers=4, n_feats=60, drop=0.15)
             hit = np.isin(tf, planted) & (ctl in ("real", "random")) & (rng.random(n) < 0.8)
             p[hit] = rng.choice([1e-7, 2e-7, 1 / 4096, 3e-3], hit.sum())
             delta[hit] = rng.choice([-0.6, 0.4, 0.01], hit.sum())
+            # the split from a generator of its own, so the draws above stay what they were
+            split = np.random.default_rng([layer, fid, tl, zlib.crc32(f"{cond}{scope}".encode())])
+            through = np.where(split.random(n) < 0.5, delta * split.random(n), 0.0) if tl > layer else np.zeros(n)
+            pc = np.where(through != 0, np.minimum(1, p * split.choice([1.0, 40.0, 0.5], n)), p)
             if ctl == "sham":
-                p[:], delta[:] = np.nan, 0.0
+                p[:], pc[:], delta[:], through[:] = np.nan, np.nan, 0.0, 0.0
             frames.append(pd.DataFrame({
                 "condition": cond, "control": ctl, "scope": scope, "target_layer": tl, "target_feature": tf.astype(np.int32),
                 "mean_baseline": rng.random(n), "mean_patched": rng.random(n), "delta": delta,
-                "effect_size": rng.normal(size=n), "p_value": p,
-                "test": pd.Categorical.from_codes(rng.integers(0, 4, n), categories=TESTS), "n": 4, "n_nonzero": rng.integers(0, 5, n),
+                "delta_passthrough": through, "delta_computed": delta - through,
+                "effect_size": rng.normal(size=n), "p_value": p, "p_computed": pc,
+                "p_prompts": np.where(np.isnan(pc), np.nan, np.minimum(1, pc * split.choice([1.0, 30.0], n))),
+                "test": pd.Categorical.from_codes(rng.integers(0, 4, n) % len(TESTS), categories=TESTS), "n": 4, "n_nonzero": rng.integers(0, 5, n),
                 "n_trials": 8, "n_prompts": 4, "prompts_replicated": rng.integers(0, 4, n), "prompts_opposite": 0,
                 "robust": rng.random(n) < 0.5}))
     out = pd.concat(frames, ignore_index=True)
@@ -254,6 +328,7 @@ def test_streaming_equals_in_memory(tmp_path, monkeypatch, seed, same, rg, shuff
         e, null, up = _in_memory(eff, ups, alpha, min_delta)
         run = run_tables(eff, ups, alpha, min_delta, workers=1 + seed % 2)  # 2: forked processes
         assert len(e) > 3 and e["nonspecific"].any() and e["delta_forced"].eq(0).any()  # the paths are exercised
+        assert {"computed", "passthrough"} <= set(e["kind"]) and null["discoveries_computed"].sum() > 0
         pd.testing.assert_frame_equal(run.edges, e, check_exact=True)
         pd.testing.assert_frame_equal(run.null, null, check_exact=True)
         pd.testing.assert_frame_equal(run.upstream, up, check_exact=True)

@@ -90,7 +90,10 @@ def test_a_batch_records_its_run_tokens_and_fidelity(tiny_lm, tiny_saes):
     assert {"value_before_last", "pre_before_last", "dh_last", "dh_rel_last", "dh_generated"} <= set(r)
     assert r["dh_last"] == pytest.approx(2.0 - r["value_before_last"], rel=1e-4)  # a unit decoder row
     assert r["dh_rel_last"] > 0
-    assert b.stats.shape[:2] == (5, 3) and b.sample[0].shape == (1, 5, model.config.hidden_size)
+    assert b.stats.shape[:2] == (6, 3) and b.sample[0].shape == (1, 5, model.config.hidden_size)
+    # the signed step along the decoder row at the kept positions: dh = step u, one per kept position
+    assert len(r["step"]) == 1 + r["n_positions"] and r["step"][0] == pytest.approx(2.0 - r["value_before_last"])
+    assert r["fires_last"] in (0.0, 1.0) and 0 <= r["fires_generated"] <= 1
     forced = torch.full((3, 5), tok.pad_token_id)
     for i, rec in enumerate(b.records):
         forced[i, : rec["n_tokens"]] = torch.tensor(rec["tokens"])

@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from pathreplay.stats.groups import cohen_d
 from pathreplay.stats.multiple import bh, ks_uniform
-from pathreplay.stats.signflip import paired_p, sign_flip_p
+from pathreplay.stats.signflip import paired_p, paired_test, sign_flip_p
 from pathreplay.stats.tables import chi2_2x2, cochran_armitage, fisher_exact_2x2, log_odds_prior, wilson
 
 
@@ -96,32 +96,102 @@ def test_log_odds_prior_by_hand():
 
 def test_sign_flip_exact_by_hand_and_never_zero():
     # one column [1, 2, 3]: of the 8 sign patterns, |sum| >= 6 only for +++ and ---: p = 2/8;
-    # [1, -1, 0, 2]: the zero flips to itself; patterns of (1, -1, 2) reaching |2|: +-+, -+-, ++-?
+    # [1, -1, 0, 2]: the zero flips to itself; the patterns of (1, -1, 2) that reach |2|
     d = np.array([[1.0, 1.0], [2.0, -1.0], [3.0, 0.0], [0.0, 2.0]])
     p, exact = sign_flip_p(d)
     assert p[0] == pytest.approx(2 / 8) and exact.all()
     sums = [abs(a + b + c) for a in (1, -1) for b in (-1, 1) for c in (2, -2)]
     assert p[1] == pytest.approx(sum(x >= 2 for x in sums) / 8)
-    # more non-zero pairs than the exact limit: random patterns, p >= 1 / (1 + draws)
-    big = np.ones((40, 1))
-    pm, ex = sign_flip_p(big[:20])
-    assert not ex[0] and pm[0] == pytest.approx(1 / (1 + 4095))
+    lone = np.zeros((5, 1))
+    lone[0] = 1.0  # one non-zero difference: nothing to test
+    assert np.isnan(sign_flip_p(lone)[0][0]) and paired_p(lone)[1][0] == "none"
 
 
-def test_paired_p_picks_its_test_and_never_returns_zero():
+def _enumerated(v):
+    """The sign-flip p of one column by brute force: every one of the 2^k patterns, no shortcut."""
+    v = v[v != 0]
+    k = len(v)
+    signs = 1 - 2 * ((np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1)
+    return float(np.mean(np.abs(signs @ v) >= abs(v.sum()) * (1 - 1e-12)))
+
+
+def _columns(rng, k, width):
+    """Columns of k differences of every kind the codes make: continuous, ties of a few sizes,
+    mostly one sign, float32-born."""
+    out = np.zeros((k + 3, width))
+    for j in range(width):
+        kind = j % 3
+        if kind == 0:
+            v = rng.normal(0.4, 1.0, k)
+        elif kind == 1:
+            v = rng.choice([0.25, 0.5, 1.0], k) * rng.choice([-1.0, 1.0], k, p=[0.3, 0.7])
+        else:
+            v = (rng.lognormal(-1, 1, k) - 0.3).astype(np.float32).astype(float)
+        out[rng.choice(k + 3, k, replace=False), j] = np.where(v == 0, 0.5, v)
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8, 12, 13, 16, 20])
+def test_sign_flip_equals_enumeration_up_to_16_and_beyond(k):
+    d = _columns(np.random.default_rng(k), k, 9)
+    p, exact = sign_flip_p(d)
+    assert exact.all()
+    np.testing.assert_allclose(p, [_enumerated(d[:, j]) for j in range(d.shape[1])], rtol=1e-12)
+
+
+def test_sign_flip_p_is_monotone_in_the_evidence_with_the_exact_floor_and_no_jump():
+    # k equal differences: the pattern and its negative alone reach the sum, whichever test counts
+    ks = np.arange(2, 60)
+    p = np.array([paired_test(np.full((k, 1), 0.125)).p[0] for k in ks])
+    np.testing.assert_array_equal(p, 2.0 ** (1 - ks.astype(float)))
+    assert (np.diff(p) < 0).all() and (p > 0).all()
+    # one of the k against the others: as k grows past the exact limit, p keeps falling smoothly
+    q = np.array([paired_test(np.r_[np.full(k - 1, 1.0), -1.0][:, None]).p[0] for k in range(10, 40)])
+    assert (np.diff(q) < 0).all() and (np.abs(np.diff(np.log(q))) < 1.2).all()
+
+
+def _enumerated_big(d):
+    """Exact p per column for k up to ~32: meet in the middle (itself checked against brute force)."""
+    from pathreplay.stats.signflip import _met_in_the_middle
+
+    return np.array([_met_in_the_middle(d[d[:, j] != 0, j][None, :])[0] / 2 ** int((d[:, j] != 0).sum())
+                     for j in range(d.shape[1])])
+
+
+def test_meeting_in_the_middle_is_brute_force():
+    d = _columns(np.random.default_rng(5), 14, 6)
+    np.testing.assert_allclose(_enumerated_big(d), [_enumerated(d[:, j]) for j in range(6)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [25, 28, 32])
+def test_the_saddlepoint_tail_against_enumeration(k):
+    # past the exact limit: within 10% where 1e-5 <= p < 0.05 for continuous sizes and for a few
+    # repeated sizes (a lattice), within 30% further out (where a few dozen patterns alone reach
+    # the statistic); for one size alone, never more than 10% below the exact p
+    rng = np.random.default_rng(100 + k)
+    mus = np.linspace(0.0, 1.2, 24)
+    cont = np.stack([rng.normal(mu, 1.0, k) for mu in mus], 1)
+    ties = np.stack([rng.choice([0.25, 0.5, 1.0], k) * np.where(rng.random(k) < 0.3 + 0.5 * mu / 1.2, 1, -1)
+                     for mu in mus], 1)
+    one = np.stack([np.where(rng.random(k) < 0.45 + 0.5 * mu / 1.2, 0.125, -0.125) for mu in mus], 1)
+    for d in (cont, ties):
+        want, got = _enumerated_big(d), paired_test(d).p
+        rel, tail = np.abs(got - want) / want, want < 0.05
+        assert tail.sum() >= 4 and rel[tail & (want >= 1e-5)].max() < 0.1 and rel[tail].max() < 0.3
+    want, got = _enumerated_big(one), paired_test(one).p
+    assert (got >= 0.9 * want).all() and (got >= 2.0 ** (1 - k)).all()
+
+
+def test_paired_p_names_its_test_and_never_returns_zero():
     rng = np.random.default_rng(1)
     dense = rng.normal(0.5, 1.0, size=(60, 1))
     sparse = np.zeros((60, 1))
     sparse[:5] = 3.0  # mostly zeros, a few large: diverged tokens
-    const = np.full((60, 1), 0.25)  # t undefined
-    lone = np.zeros((60, 1))
-    lone[0] = 1.0  # one non-zero difference: nothing to test
-    p, test = paired_p(np.hstack([dense, sparse, const, lone]))
-    assert list(test) == ["t", "sign_flip_exact", "t", "none"]
-    assert p[0] == pytest.approx(sps.ttest_1samp(dense[:, 0], 0).pvalue)
-    assert p[1] == pytest.approx(2 / 2**5)
-    assert p[2] == pytest.approx(2.0 ** (1 - 60)) and p[2] > 0
-    assert np.isnan(p[3])
+    const = np.full((60, 1), 0.25)
+    p, test = paired_p(np.hstack([dense, sparse, const]))
+    assert list(test) == ["sign_flip_saddlepoint", "sign_flip_exact", "sign_flip_saddlepoint"]
+    assert p[1] == pytest.approx(2 / 2**5) and p[2] == 2.0 ** (1 - 60) and (p > 0).all()
+    assert p[0] < 1e-3 and p[0] > 2.0 ** (1 - 60)
 
 
 def test_bh_with_a_larger_family_pads_with_non_discoveries():
@@ -136,91 +206,3 @@ def test_ks_uniform():
     assert stat < 0.02 and pv > 0.9
     stat, pv = ks_uniform(np.full(50, 0.01))
     assert stat > 0.9 and pv < 1e-6
-
-
-def _frozen_sign_flip_p(d, draws=4095, seed=0):
-    """sign_flip_p as it was before signflip.py (2026-11-30), frozen: the reference for the bits."""
-    _, F = d.shape
-    k = (d != 0).sum(0)
-    p = np.full(F, np.nan)
-    exact = k <= 12
-    rng = np.random.default_rng(seed)
-    cols = np.flatnonzero(k >= 2)
-    cols = cols[np.argsort(k[cols], kind="stable")]
-    sub = np.ascontiguousarray(d[:, cols].T)
-    flat = sub[sub != 0]
-    ks = k[cols]
-    bounds = np.r_[0, np.cumsum(ks)]
-    for kk in np.unique(ks):
-        first, last = np.searchsorted(ks, kk), np.searchsorted(ks, kk, side="right")
-        vals_all = flat[bounds[first]: bounds[last]].reshape(last - first, kk)
-        if kk <= 12:
-            half = np.arange(2 ** (kk - 1))
-            signs = 1 - 2 * ((half[:, None] >> np.arange(kk)[None, :]) & 1).astype(float)
-        else:
-            signs = rng.choice([-1.0, 1.0], size=(draws, kk))
-        step = max(1, 2**22 // len(signs))
-        for c0 in range(0, last - first, step):
-            vals = vals_all[c0: c0 + step]
-            obs = np.abs(vals.sum(1))
-            hits = (np.abs(vals @ signs.T) >= obs[:, None] * (1 - 1e-12)).sum(1)
-            c = cols[first + c0: first + c0 + len(vals)]
-            p[c] = 2 * hits / 2**kk if kk <= 12 else (1 + hits) / (1 + draws)
-    return p, exact
-
-
-def _frozen_paired_p(d):
-    """paired_p as it was before signflip.py, frozen."""
-    n = d.shape[0]
-    k = (d != 0).sum(0)
-    small = k < 30
-    flip, exact = np.full(d.shape[1], np.nan), k <= 12
-    if small.any():
-        flip[small] = _frozen_sign_flip_p(d[:, small])[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sd = d.std(0, ddof=1) if n > 1 else np.zeros(d.shape[1])
-        t = d.mean(0) / (sd / np.sqrt(n))
-        tp = 2 * sps.t.sf(np.abs(t), max(n - 1, 1))
-    tp = np.where(sd > 0, tp, 2.0 ** (1 - k.astype(float)))
-    use_t = k >= 30
-    p = np.where(use_t, tp, flip)
-    test = np.where(k < 2, "none", np.where(use_t, "t", np.where(exact, "sign_flip_exact", "sign_flip_mc")))
-    return np.where(k < 2, np.nan, p), test
-
-
-def _differences(rng, n, width):
-    """Paired differences with every k from 0 to n, zeros, ties (repeated |values|, both signs),
-    equal columns, float32-born values (as the codes are) and a few float64 ones."""
-    d = np.zeros((n, width))
-    k = rng.integers(0, n + 1, width)
-    k[: min(width, n + 1)] = n - np.arange(min(width, n + 1))  # every k once, from n down
-    for j in range(width):
-        rows = rng.choice(n, k[j], replace=False)
-        kind = j % 4
-        if kind == 0:
-            v = rng.lognormal(-1, 1, k[j]).astype(np.float32).astype(float) - rng.lognormal(-1, 1, k[j]).astype(np.float32)
-        elif kind == 1:  # ties: a few magnitudes, random signs
-            v = rng.choice([0.25, 0.5, 1.0], k[j]) * rng.choice([-1.0, 1.0], k[j])
-        elif kind == 2:  # all equal: t undefined, the sign-flip p 2 / 2^k
-            v = np.full(k[j], 0.125)
-        else:
-            v = rng.normal(0.3, 1.0, k[j])
-        d[rows, j] = np.where(v == 0, 0.5, v)
-    return d
-
-
-@pytest.mark.parametrize("n, width", [(200, 400), (60, 97), (40, 2), (35, 1), (4, 50), (31, 3), (8, 1), (30, 20)])
-def test_sign_flips_and_paired_p_are_the_frozen_bits(n, width):
-    rng = np.random.default_rng(n * 1000 + width)
-    d = _differences(rng, n, width)
-    p, test = paired_p(d)
-    fp, ftest = _frozen_paired_p(d)
-    np.testing.assert_array_equal(p, fp)  # NaN where NaN, every other p to the bit
-    np.testing.assert_array_equal(test, ftest)
-    for sub in (d, d[: min(n, 12)], d[:, ::2]):  # exact only; the Monte Carlo draws of other k
-        s, ex = sign_flip_p(sub)
-        fs, fex = _frozen_sign_flip_p(sub)
-        np.testing.assert_array_equal(s, fs)
-        np.testing.assert_array_equal(ex, fex)
-    if width > n >= 30:  # every regime: none, exact, Monte Carlo, t
-        assert set(test) == {"none", "sign_flip_exact", "sign_flip_mc", "t"}

@@ -8,8 +8,8 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from pathreplay.errors import UserError
 from pathreplay.study.task import SLOT_MACHINE
 from pathreplay.task import Answer, Mean, Rate, Task, check_task, load_task

@@ -210,7 +210,8 @@ def test_lost_shard_reencodes_that_shard_alone(run, tmp_path):
     assert "encode_baseline" not in counts and "replay_baseline" not in counts
     made = [p for line in re.findall(r"^\s*output: (.*)$", r.stdout, re.M) for p in line.split(", ")]
     encoded = sorted(p for p in made if p.startswith("results/encode/"))
-    assert encoded == [f"results/encode/patched/s001/L{b}.parquet" for b in range(4)]
+    assert encoded == sorted(f"results/encode/{kind}/s001/L{b}.parquet" for kind in ("patched", "passthrough")
+                             for b in range(4))
     assert "results/replay/patched/s001/trials.parquet" in made
     assert not any(p.startswith("results/replay/") and "/s001/" not in p for p in made)
 

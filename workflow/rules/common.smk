@@ -17,7 +17,7 @@ REPO = Path(workflow.basedir)
 try:
     from pathreplay.config import check_config, replay_estimate
     from pathreplay.errors import UserError, run_cli
-    from pathreplay.replay.prompts import SAFE_ID
+    from pathreplay.replay.prompts import SAFE_ID, read_prompt_ids
     from pathreplay.schema import SCHEMA, schema_message
     from pathreplay.words.logs import log_paths
     from pathreplay.words.settings import words_config
@@ -204,6 +204,24 @@ def patched_inputs(wildcards):
     }
 
 
+def encode_patched_inputs(wildcards):
+    """A shard's states and trials, and the states and trials of its prompts' baselines (the
+    read-through adds each patch's step to its baseline partner's states)."""
+    prompts = _plan().shard_prompts[wildcards.shard]
+    return {
+        "states": [
+            f"results/replay/patched/{wildcards.shard}/L{t}.safetensors" for t in LAYERS
+        ],
+        "trials": f"results/replay/patched/{wildcards.shard}/trials.parquet",
+        "baseline_states": [
+            f"results/replay/baseline/{p}/L{t}.safetensors"
+            for t in LAYERS
+            for p in prompts
+        ],
+        "baseline_trials": baseline_trials(prompts),
+    }
+
+
 def effects_inputs(wildcards):
     """A feature's trials and the codes of only the parts they sit in: its shard and its
     prompts' baselines, at every layer (upstream layers: a control)."""
@@ -215,6 +233,43 @@ def effects_inputs(wildcards):
         "patched": f"results/replay/patched/{shard}/trials.parquet",
         "baseline": baseline_trials(prompts),
         "codes": codes([f"baseline/{p}" for p in prompts] + [f"patched/{shard}"]),
+        "passthrough": codes([f"passthrough/{shard}"]),
+    }
+
+
+def placebo_inputs(wildcards=None):
+    """Every replayed prompt's baseline trials and codes, and the plan (which prompt sets exist)."""
+    prompts = replay_prompts()
+    return {
+        "plan": _plan().path,
+        "baseline": baseline_trials(prompts),
+        "codes": codes([f"baseline/{p}" for p in prompts]),
+    }
+
+
+def behaviour_prompts():
+    """The prompts the behaviour replay runs on: behaviour.prompts, else the screen's, else all."""
+    b, s = config["behaviour"], config["screen"]
+    if b["prompts"]:
+        return list(b["prompts"])
+    if s["enabled"] and s["prompts"]:
+        return list(s["prompts"])
+    return sorted(read_prompt_ids(config["prompts"]["file"]))
+
+
+def behaviour_plan_inputs(wildcards=None):
+    """The selection, and the screen's behaviour (the effect sizes the trials are planned from)."""
+    out = {"selected": "results/features/selected.tsv", "prompts": config["prompts"]["file"]}
+    if config["screen"]["enabled"]:
+        out["screen"] = "results/screen/behaviour.parquet"
+    return out
+
+
+def behaviour_inputs(wildcards=None):
+    return {
+        "plan": "results/behavior/plan.tsv",
+        "baseline": "results/behavior/trials/baseline.parquet",
+        "trials": [f"results/behavior/trials/{s}.parquet" for s in replay_shards()],
     }
 
 
@@ -230,6 +285,11 @@ def quality_inputs(wildcards=None):
 
 def pathway_inputs(wildcards=None):
     return {
+        "gates": "results/qc/gates.tsv",
+        "placebo": "results/qc/placebo.parquet",
+        "plan": _plan().path,
+        "sae_quality": "results/qc/sae_quality.tsv",
+        "patched_quality": [f"results/qc/patched_quality/{s}.tsv" for s in replay_shards()],
         "effects": [f"results/effects/{f}.parquet" for f in selected_features()],
         "upstream": [
             f"results/effects/{f}.upstream.parquet" for f in selected_features()
@@ -272,6 +332,8 @@ def default_targets():
             "results/qc/null.tsv",
             "results/qc/upstream.tsv",
             "results/qc/patch_fidelity.tsv",
+            "results/qc/patched_quality.tsv",
+            "results/qc/gates.tsv",
             "results/qc/sae_quality.tsv",
             "results/report/pathways.svg",
             "results/report/sources",

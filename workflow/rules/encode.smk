@@ -27,16 +27,37 @@ rule encode_baseline:
         device=config["device"],
         layers=LAYERS,
     script:
-        "../scripts/encode.py"
+        "../scripts/encode_baseline.py"
 
 
-use rule encode_baseline as encode_patched with:
+# A patched shard's codes, and the read-through of every patch: the codes of its baseline
+# partner's states plus the patch's own step at each layer above the source (what an SAE there
+# reads with no block run), the SAE's quality on the patched states, and at the source's own
+# layer the check that a teacher-forced patched state is its baseline plus that step.
+rule encode_patched:
     input:
-        expand("results/replay/patched/{{shard}}/L{layer}.safetensors", layer=LAYERS),
+        unpack(encode_patched_inputs),
     output:
         codes=expand("results/encode/patched/{{shard}}/L{layer}.parquet", layer=LAYERS),
+        passthrough=expand(
+            "results/encode/passthrough/{{shard}}/L{layer}.parquet", layer=LAYERS
+        ),
+        quality="results/qc/patched_quality/{shard}.tsv",
     log:
         "results/logs/encode/patched/{shard}.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    resources:
+        gpu=1,
+    params:
+        saes=sae_source(),
+        device=config["device"],
+        layers=LAYERS,
+        mode=config["replay"]["mode"],
+        seed=config["seed"],
+        dtype=config["model"]["dtype"],
+    script:
+        "../scripts/encode_patched.py"
 
 
 rule sae_quality:

@@ -1,5 +1,6 @@
-# Effects per source feature, then run-wide edges, chains, behaviour and the checks; then the
-# mediation of each chain (teacher-forced replays with the middle feature held).
+# Effects per source feature; the quality gates on the baselines; then run-wide edges, chains,
+# behaviour and the checks; then the mediation of each chain (teacher-forced replays with the
+# middle feature held).
 
 
 rule effects:
@@ -14,8 +15,46 @@ rule effects:
         "../../envs/pathreplay.yaml"
     params:
         stats=pick("stats", "min_delta", "min_prompts"),
+        mode=config["replay"]["mode"],
     script:
         "../scripts/effects.py"
+
+
+# The placebo as a calibration study: re-splits of each prompt's exchangeable unpatched trials,
+# through the effects' own tests, once per distinct prompt set.
+rule placebo:
+    input:
+        unpack(placebo_inputs),
+    output:
+        "results/qc/placebo.parquet",
+    log:
+        "results/logs/placebo.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    params:
+        splits=config["stats"]["placebo_splits"],
+        seed=config["seed"],
+        stats=pick("stats", "min_delta", "min_prompts"),
+    script:
+        "../scripts/placebo.py"
+
+
+# A layer whose SAE reconstructs nothing, or a prompt the model does not answer, stops the run
+# here with one line, before any edge is claimed.
+rule qc_gates:
+    input:
+        quality="results/qc/sae_quality.tsv",
+        baseline=lambda w: baseline_trials(replay_prompts()),
+    output:
+        "results/qc/gates.tsv",
+    log:
+        "results/logs/qc_gates.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    params:
+        qc=pick("qc", "max_fvu", "max_dead", "min_valid"),
+    script:
+        "../scripts/qc_gates.py"
 
 
 rule pathways:
@@ -24,10 +63,10 @@ rule pathways:
     output:
         edges="results/pathways/edges.parquet",
         chains="results/pathways/chains.tsv",
-        behaviour="results/behavior/effects.parquet",
         null="results/qc/null.tsv",
         upstream="results/qc/upstream.tsv",
         fidelity="results/qc/patch_fidelity.tsv",
+        quality="results/qc/patched_quality.tsv",
     log:
         "results/logs/pathways.log",
     conda:
@@ -35,7 +74,7 @@ rule pathways:
     threads: 2
     params:
         stats=pick("stats", "alpha", "min_delta"),
-        task=config["task"],
+        max_fvu_ratio=config["qc"]["max_fvu_ratio"],
     script:
         "../scripts/pathways.py"
 

@@ -37,6 +37,8 @@ rule report_checks:
         null="results/qc/null.tsv",
         upstream="results/qc/upstream.tsv",
         fidelity="results/qc/patch_fidelity.tsv",
+        patched_quality="results/qc/patched_quality.tsv",
+        gates="results/qc/gates.tsv",
     output:
         quality=report(
             "results/report/checks/sae_quality.html",
@@ -61,6 +63,18 @@ rule report_checks:
             caption="../../report/patch_fidelity.rst",
             category="4. Checks",
             labels={"check": "patch fidelity"},
+        ),
+        patched_quality=report(
+            "results/report/checks/patched_quality.html",
+            caption="../../report/patched_quality.rst",
+            category="4. Checks",
+            labels={"check": "SAE quality on patched states"},
+        ),
+        gates=report(
+            "results/report/checks/gates.html",
+            caption="../../report/gates.rst",
+            category="4. Checks",
+            labels={"check": "quality gates"},
         ),
     log:
         "results/logs/report_checks.log",

@@ -1,11 +1,16 @@
 import logging
 
-from pathreplay.behaviour.measures import behaviour_effects
-from pathreplay.io import read_tables, write_table
-from pathreplay.pathways.checks import patch_fidelity
-from pathreplay.pathways.edges import chains, patch_signs
+from pathreplay.io import read_table, read_tables, write_table
+from pathreplay.pathways.checks import (
+    annotate,
+    never_firing,
+    patch_fidelity,
+    patched_quality,
+    placebo_summary,
+    with_placebo,
+)
+from pathreplay.pathways.edges import chains, headline, patch_signs
 from pathreplay.pathways.runwide import run_tables
-from pathreplay.task import load_task
 from pathreplay.workflow import run_script
 
 
@@ -13,19 +18,32 @@ def main(sm):
     st = sm.params.stats
     # file by file; pass 2 in the rule's threads (forked processes)
     run = run_tables(sm.input.effects, sm.input.upstream, st["alpha"], st["min_delta"], workers=int(sm.threads or 1))
-    e = run.edges
     patched = read_tables(sm.input.patched)
     baseline = read_tables(sm.input.baseline)
-    logging.info("%d edges (%d robust, %d nonspecific) from %d real tests; run-wide BH", len(e),
-                 int(e["robust"].sum()), int(e["nonspecific"].sum()), run.real_tests)
+    fidelity = patch_fidelity(patched)
+    quality = patched_quality(read_tables(sm.input.patched_quality), read_table(sm.input.sae_quality),
+                              sm.params.max_fvu_ratio)
+    for feature, condition in never_firing(fidelity):
+        logging.warning("%s never fires under %s at any patched position: that condition makes no edge",
+                        feature, condition)
+    e = annotate(run.edges, fidelity, quality)
+    top = headline(e)
+    logging.info("%d edges from %d real tests (run-wide BH): %d computed and specific, %d computed but nonspecific, "
+                 "%d passthrough, %d off the SAEs' distribution", len(e), run.real_tests, int(top.sum()),
+                 int(((e["kind"] == "computed") & e["nonspecific"]).sum()), int((e["kind"] == "passthrough").sum()),
+                 int(e["off_distribution"].sum()))
     write_table(e, sm.output.edges)
     write_table(chains(e, patch_signs(patched)), sm.output.chains)
-    main_baseline = baseline[baseline["condition"] == "baseline"]
-    task = load_task(sm.params.task)
-    write_table(behaviour_effects(patched[patched["run"] == "generated"], main_baseline, task), sm.output.behaviour)
-    write_table(run.null, sm.output.null)
+    sets = read_table(sm.input.plan).groupby("feature")["prompt_id"].apply(lambda g: tuple(sorted(g))).nunique()
+    study = placebo_summary(read_table(sm.input.placebo), run.cutoffs, st["alpha"], st["min_delta"], sets)
+    for r in study.itertuples():
+        logging.info("placebo %s, %s level: %d splits, mean share of p < %g %.4f (95th percentile %.4f), "
+                     "%d splits with a discovery at the real cutoff %.3g", r.scope, r.level, r.splits, st["alpha"],
+                     r.p_below_alpha, r.p_below_alpha_p95, r.splits_with_discoveries, r.cutoff)
+    write_table(with_placebo(run.null, study), sm.output.null)
     write_table(run.upstream, sm.output.upstream)
-    write_table(patch_fidelity(patched), sm.output.fidelity)
+    write_table(fidelity, sm.output.fidelity)
+    write_table(quality, sm.output.quality)
 
 
 run_script(snakemake, main)  # noqa: F821

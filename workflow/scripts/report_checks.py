@@ -4,7 +4,7 @@ from pathreplay.workflow import run_script
 
 
 def main(sm):
-    for key in ("quality", "null", "upstream", "fidelity"):
+    for key in ("quality", "null", "upstream", "fidelity", "patched_quality", "gates"):
         html_table(read_table(sm.input[key]), sm.output[key])
 
 

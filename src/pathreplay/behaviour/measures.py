@@ -16,12 +16,12 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..replay.plan import control_of
-from ..stats.multiple import bh_with_controls
+from ..stats.multiple import bh, bh_with_controls
 from ..stats.tables import wilson
 from ..task import Measure, Rate, Task
 
 KEYS = ["feature", "layer", "feature_id", "condition", "prompt_id", "context"]
-VALID = ["target_value", "n_trials", "valid_rate_baseline", "valid_rate", "delta_valid", "p_valid",
+VALID = ["target_value", "dose_realized", "n_trials", "valid_rate_baseline", "valid_rate", "delta_valid", "p_valid",
          "n_valid_baseline", "n_valid"]
 
 
@@ -86,7 +86,8 @@ def _row(g: pd.DataFrame, b: pd.DataFrame, task: Task) -> list[float | int]:
     """The behaviour values of one (feature, condition, prompt): patched trials g, their baseline
     partners b (row for row), in columns' order after KEYS."""
     pv, bv = g["valid"].to_numpy(bool), b["valid"].to_numpy(bool)
-    out: list[float | int] = [float(g["value"].mean()), len(g), bv.mean(), pv.mean(), pv.mean() - bv.mean(),
+    dose = float(g["value_after_last"].mean()) if "value_after_last" in g else np.nan
+    out: list[float | int] = [float(g["value"].mean()), dose, len(g), bv.mean(), pv.mean(), pv.mean() - bv.mean(),
                               mcnemar_p(bv, pv), int(bv.sum()), int(pv.sum())]
     for m in task.measures:
         vals = _measure(m, g, b, pv, bv, task.amount)
@@ -97,8 +98,10 @@ def _row(g: pd.DataFrame, b: pd.DataFrame, task: Task) -> list[float | int]:
 
 
 def behaviour_effects(patched: pd.DataFrame, baseline: pd.DataFrame, task: Task) -> pd.DataFrame:
-    """One row per (feature, condition, prompt): the valid share and each of the task's measures
-    in both arms (rates with Wilson CIs), paired p-values, and BH q-values over the valid and the
+    """One row per (feature, condition, prompt): the asked dose (target_value) and the one the SAE
+    read back at the last prompt position, where the answer's first token is drawn
+    (dose_realized), the valid share and each of the task's measures in both arms (rates with
+    Wilson CIs), paired p-values, and BH q-values over the valid and the
     measures' p-values of the real conditions' rows together (one family, since a feature is
     judged on any); the controls' rows (sham, random) held to a family of that size."""
     cols = columns(task)
@@ -113,4 +116,37 @@ def behaviour_effects(patched: pd.DataFrame, baseline: pd.DataFrame, task: Task)
                          np.repeat(real, len(tests))).reshape(-1, len(tests))
     for i, t in enumerate(tests):
         out["q" + t[1:]] = q[:, i]
-    return out
+    return versus_random(out, patched, task)
+
+
+VERSUS = ["rate_random", "delta_vs_random", "n_pairs_vs_random", "p_vs_random", "q_vs_random"]
+
+
+def versus_random(out: pd.DataFrame, patched: pd.DataFrame, task: Task) -> pd.DataFrame:
+    """The real conditions' rows with their random control beside them, on the task's first rate:
+    the random arm's rate among its valid answers (`rate_random`), the real arm's less it, and
+    McNemar's exact test on the trials valid in both arms (the two share their seeds: paired),
+    with BH over the real rows (`q_vs_random`). Is it this feature, or any move of the residual
+    as large?"""
+    rate = task.primary
+    groups = {k: g.set_index("trial") for k, g in patched.groupby(["feature", "condition", "prompt_id"])} \
+        if len(patched) else {}
+    cols = {k: np.full(len(out), np.nan) for k in VERSUS}
+    for i, r in enumerate(out.itertuples()):
+        rand = groups.get((r.feature, f"random:{r.condition}", r.prompt_id))
+        if control_of(r.condition) != "real" or rand is None:
+            continue
+        real = groups[(r.feature, r.condition, r.prompt_id)]
+        both = real.index.intersection(rand.index)
+        a, b = real.loc[both], rand.loc[both]
+        valid = a["valid"].to_numpy(bool) & b["valid"].to_numpy(bool)
+        ra, rb = ((x["action"] == rate.action).to_numpy() & valid for x in (a, b))
+        rv = rand["valid"].to_numpy(bool)
+        cols["rate_random"][i] = float(((rand["action"] == rate.action).to_numpy() & rv).sum() / rv.sum()) \
+            if rv.any() else np.nan
+        cols["delta_vs_random"][i] = getattr(r, f"{rate.name}_rate") - cols["rate_random"][i]
+        cols["n_pairs_vs_random"][i] = int(valid.sum())
+        cols["p_vs_random"][i] = mcnemar_p(rb[valid], ra[valid])
+    real = np.array([control_of(c) == "real" for c in out["condition"]], dtype=bool)
+    cols["q_vs_random"][real] = bh(cols["p_vs_random"][real])
+    return out.assign(**cols)

@@ -95,8 +95,12 @@ def _row_index(codes: pd.DataFrame, pos: Mapping[tuple[str, int], int]) -> np.nd
     lut = np.full(int(top.sum()), -1, np.int64)
     for (p, r), i in pos.items():
         lut[offset[which[p]] + r] = i
-    part = pd.Categorical(codes["part"].astype(str) if codes["part"].dtype != "category" else codes["part"],
-                          categories=parts).codes.astype(np.int64)
+    col = codes["part"]
+    if isinstance(col.dtype, pd.CategoricalDtype):  # map the categories, not the rows
+        of_cat = np.array([which.get(str(c), -1) for c in col.cat.categories], np.int64)
+        part = np.where(col.cat.codes.to_numpy() >= 0, of_cat[np.maximum(col.cat.codes.to_numpy(), 0)], -1)
+    else:
+        part = col.astype(str).map(which).fillna(-1).to_numpy(np.int64)
     row = codes["row"].to_numpy(np.int64)
     ok = (part >= 0) & (row >= 0) & (row < top[np.maximum(part, 0)])
     idx = np.full(len(codes), -1, np.int64)
@@ -104,22 +108,36 @@ def _row_index(codes: pd.DataFrame, pos: Mapping[tuple[str, int], int]) -> np.nd
     return idx
 
 
-def dense(codes: pd.DataFrame, pos: Mapping[tuple[str, int], int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(feats, {last, gen}): the features any of the rows `pos` numbers has (ascending, in the
-    codes' own integer type), and the [len(pos), len(feats)] matrices of their codes, in the
-    codes' float type (float32 from encode: lossless, half float64's memory). The features by a
-    presence table (one pass, no sort); each value written at row * len(feats) + column."""
-    idx = _row_index(codes, pos)
-    sel = idx >= 0
-    f = codes["feature"].to_numpy()[sel]
-    present = np.zeros(int(f.max()) + 1 if len(f) else 0, bool)
-    present[f] = True
-    feats = np.flatnonzero(present).astype(f.dtype)
-    flat = idx[sel] * len(feats) + (np.cumsum(present) - 1)[f]
-    out = {}
-    for name in ("last", "gen"):
-        v = codes[name].to_numpy()[sel]
-        m = np.zeros(len(pos) * len(feats), np.result_type(v.dtype, np.float32))
-        m[flat] = v
-        out[name] = m.reshape(len(pos), len(feats))
-    return feats, out
+def dense(codes: pd.DataFrame, pos: Mapping[tuple[str, int], int], also: pd.DataFrame | None = None
+          ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(feats, {last, gen}, {last, gen} of `also`): the features any of the rows `pos` numbers
+    has in `codes` or `also` (ascending, in the codes' own integer type), and for each of the two
+    the [len(pos), len(feats)] matrices of their values, in the codes' float type (float32 from
+    encode: lossless, half float64's memory); `also` (the read-through codes) is all zeros when
+    None. The features by a presence table (one pass, no sort); each value written at
+    row * len(feats) + column."""
+    frames = [codes] + ([also] if also is not None else [])
+    found = []
+    for c in frames:
+        idx = _row_index(c, pos) if len(c) else np.zeros(0, np.int64)
+        found.append((idx, idx >= 0))
+    fs = [c["feature"].to_numpy()[sel] for c, (_, sel) in zip(frames, found)]
+    top = max((int(f.max()) + 1 for f in fs if len(f)), default=0)
+    present = np.zeros(top, bool)
+    for f in fs:
+        present[f] = True
+    feats = np.flatnonzero(present).astype(fs[0].dtype if len(fs[0]) or len(fs) == 1 else fs[-1].dtype)
+    column = np.cumsum(present) - 1
+    out = []
+    for c, (idx, sel), f in zip(frames, found, fs):
+        flat = idx[sel] * len(feats) + column[f]
+        mats = {}
+        for name in ("last", "gen"):
+            v = c[name].to_numpy()[sel]
+            m = np.zeros(len(pos) * len(feats), np.result_type(v.dtype, np.float32))
+            m[flat] = v
+            mats[name] = m.reshape(len(pos), len(feats))
+        out.append(mats)
+    if also is None:
+        out.append({k: np.zeros_like(v) for k, v in out[0].items()})
+    return feats, out[0], out[1]

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import fail
-from ..stats.signflip import paired_test, sign_flip_p
+from ..stats.signflip import PairedTest, paired_test
 from .contrasts import Contrast
 
 MIN_PROMPTS_TESTED = 3  # below this the smallest sign-flip p across prompts is 2 / 2^2 = 0.5
@@ -71,26 +71,32 @@ def _summary(a: Side, b: Side, delta: np.ndarray, per_prompt: np.ndarray, min_de
             "robust": (rep >= min_prompts) & (opp == 0), "prompts_replicated": rep, "prompts_opposite": opp}
 
 
-def _tested(scope: str, a: Side, b: Side, starts: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(test columns, delta, per-prompt means) of d = a - b, pair-aligned and grouped by prompt (a
-    prompt's pairs from row starts[i] on; its mean is its rows' sum, added in row order, over their
-    count). prompt_last: the sign-flip test across the prompts' means (none below
-    MIN_PROMPTS_TESTED prompts); the trial scopes: stats.signflip.paired_test over the pairs."""
-    d = a.x - b.x
+def _tested(scope: str, d: np.ndarray, starts: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(test columns, delta, per-prompt means) of paired differences d [pairs, targets] (treated
+    minus control), pair-aligned and grouped by prompt (a prompt's pairs from row starts[i] on;
+    its mean is its rows' sum, added in row order, over their count). prompt_last: the sign-flip
+    test across the prompts' means (none below MIN_PROMPTS_TESTED prompts); the trial scopes:
+    stats.signflip.paired_test over the pairs."""
     m = d.shape[1]
     counts = np.diff(np.r_[starts, len(d)])
     per_prompt = np.add.reduceat(d, starts, axis=0) / counts[:, None] if len(d) else np.zeros((0, m))
     delta = d.mean(0)
     if scope == "prompt_last":
-        untested = (np.full(m, np.nan), np.ones(m, bool))
-        p, exact = sign_flip_p(per_prompt) if len(starts) >= MIN_PROMPTS_TESTED else untested
-        k = (per_prompt != 0).sum(0)
-        code = np.where(np.isnan(p), 0, np.where(exact, 2, 3)).astype(np.int8)  # codes of TESTS
-        cols = {"p_value": p, "test": code, "n": np.full(m, len(starts)), "n_nonzero": k}
+        r = _across_prompts(per_prompt)
+        cols = {"p_value": r.p, "test": r.code, "n": np.full(m, len(starts)), "n_nonzero": r.k}
     else:
         r = paired_test(d)
         cols = {"p_value": r.p, "test": r.code, "n": np.full(m, len(d)), "n_nonzero": r.k}
     return cols, delta, per_prompt
+
+
+def _across_prompts(per_prompt: np.ndarray) -> PairedTest:
+    """The sign-flip test over the prompts' means [prompts, targets]; none below MIN_PROMPTS_TESTED
+    prompts (NaN, code 0)."""
+    m = per_prompt.shape[1]
+    if len(per_prompt) < MIN_PROMPTS_TESTED:
+        return PairedTest(np.full(m, np.nan), np.zeros(m, np.int8), (per_prompt != 0).sum(0))
+    return paired_test(per_prompt)
 
 
 def _unchanged(scope: str, b: Side, n_pairs: int, n_prompts: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -114,17 +120,45 @@ def check_exact(c: Contrast, m: np.ndarray, treated: np.ndarray, control: np.nda
              "rerun this shard; if it recurs, the replay machinery has a bug: report it with this line")
 
 
+def _decomposed(scope: str, d: np.ndarray, passed: np.ndarray | None, decomposed: bool, delta: np.ndarray,
+                cols: dict[str, np.ndarray], per_prompt: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+    """The total's split: delta_passthrough (the mean read-through of the patch's own step),
+    delta_computed (the mean of d less it) and p_computed (the same test on d less it, over these
+    trials), and p_prompts: the sign-flip test of the computed part across the prompts' means
+    (the claim about prompts: none below MIN_PROMPTS_TESTED prompts). Without a read-through
+    (`passed` None: upstream, placebo) the computed part is the total; where the patch is no
+    multiple of one vector (`decomposed` False: reconstruct) none of these is known."""
+    m = d.shape[1]
+    if not decomposed:
+        nan = np.full(m, np.nan)
+        return {"delta_passthrough": nan, "delta_computed": nan, "p_computed": nan, "p_prompts": nan}
+    if passed is None or not passed.any():
+        comp, delta_c, through = cols, delta, np.zeros(m)
+    else:
+        comp, delta_c, per_prompt = _tested(scope, d - passed, starts)
+        through = passed.mean(0)
+    p_prompts = comp["p_value"] if scope == "prompt_last" else _across_prompts(per_prompt).p
+    return {"delta_passthrough": through, "delta_computed": delta_c, "p_computed": comp["p_value"],
+            "p_prompts": p_prompts}
+
+
 def contrast_columns(c: Contrast, sides: SharedSides, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
-                     keep: np.ndarray, exact: bool, min_delta: float, min_prompts: int) -> dict[str, np.ndarray]:
+                     keep: np.ndarray, exact: bool, min_delta: float, min_prompts: int,
+                     passed: np.ndarray | None = None, decomposed: bool = True) -> dict[str, np.ndarray]:
     """Every column of one contrast's rows (targets `keep`); `exact`: its treated codes are
-    known (checked) to equal its control codes, so only the control side is reduced."""
+    known (checked) to equal its control codes, so only the control side is reduced; `passed`:
+    the treated trials' read-through codes [pairs, keep] (sae.passthrough; None: none)."""
     treated, control, starts = rows
     b = sides.get(c.column, control, keep)
     if exact:
         cols, delta, per_prompt = _unchanged(c.scope, b, len(treated), len(starts))
         a = b
+        split = {"delta_passthrough": np.zeros(len(keep)), "delta_computed": delta, "p_computed": cols["p_value"],
+                 "p_prompts": np.full(len(keep), np.nan)}
     else:
         a = _side(sides.dense[c.column], treated, keep)
-        cols, delta, per_prompt = _tested(c.scope, a, b, starts)
-    return {**cols, **_summary(a, b, delta, per_prompt, min_delta, min_prompts),
+        d = a.x - b.x
+        cols, delta, per_prompt = _tested(c.scope, d, starts)
+        split = _decomposed(c.scope, d, passed, decomposed, delta, cols, per_prompt, starts)
+    return {**cols, **split, **_summary(a, b, delta, per_prompt, min_delta, min_prompts),
             "n_trials": len(treated), "n_prompts": len(starts)}

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..replay.plan import PLACEBO, control_of
+from ..replay.plan import control_of
 
 CONTROLS = ("real", "sham", "random", "placebo")
 SCOPES = ("prompt_last", "generated", "forced")
@@ -33,29 +33,30 @@ class Contrast(NamedTuple):
     pairs: Pairs
 
 
-def pairs_of(treated: pd.DataFrame, control: pd.DataFrame, condition: str) -> Pairs:
+def pairs_of(treated: pd.DataFrame, control: pd.DataFrame, condition: str, kept: bool = False) -> Pairs:
     """Pair treated and control trials that share a prompt and a trial number (one seed); rows of
-    either side without a partner are dropped. Both tables need prompt_id, trial, part and row."""
+    either side without a partner are dropped, and with `kept` the pairs where either trial kept
+    no generated position (it stopped at its first token: its mean over kept positions is no
+    number, not 0). Both tables need prompt_id, trial, part and row (and n_positions)."""
     m = treated.merge(control, on=["prompt_id", "trial"], suffixes=("_t", "_c"))
+    if kept:
+        m = m[(m["n_positions_t"] > 0) & (m["n_positions_c"] > 0)]
     return Pairs(condition, m["prompt_id"].to_numpy(), list(zip(m["part_t"], m["row_t"])),
                  list(zip(m["part_c"], m["row_c"])))
 
 
 def contrasts(patched: pd.DataFrame, baseline: pd.DataFrame) -> list[Contrast]:
-    """Every condition of one feature's trials against the baseline, in every scope, and the
-    placebo trials against the same baseline."""
+    """Every condition of one feature's trials against the baseline, in every scope: the last
+    prompt position over every pair, the generated positions over the pairs whose two trials both
+    kept one. (The placebo is a calibration study of its own: effects.placebo.)"""
     main = baseline[baseline["condition"] == "baseline"]
     out = []
     for cond, g in patched.groupby("condition", sort=True):
-        gen = pairs_of(g[g["run"] == "generated"], main, cond)
-        frc = pairs_of(g[g["run"] == "forced"], main, cond)
         ctl = control_of(str(cond))
-        out += [Contrast(cond, ctl, "prompt_last", "last", gen), Contrast(cond, ctl, "generated", "gen", gen),
-                Contrast(cond, ctl, "forced", "gen", frc)]
-    plac = baseline[baseline["condition"] == PLACEBO]
-    if len(plac):
-        p = pairs_of(plac, main, PLACEBO)
-        out += [Contrast(PLACEBO, PLACEBO, "prompt_last", "last", p), Contrast(PLACEBO, PLACEBO, "generated", "gen", p)]
+        gen, frc = g[g["run"] == "generated"], g[g["run"] == "forced"]
+        out += [Contrast(cond, ctl, "prompt_last", "last", pairs_of(gen, main, cond)),
+                Contrast(cond, ctl, "generated", "gen", pairs_of(gen, main, cond, kept=True)),
+                Contrast(cond, ctl, "forced", "gen", pairs_of(frc, main, cond, kept=True))]
     return out
 
 

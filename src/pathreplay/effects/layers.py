@@ -19,8 +19,9 @@ from .columns import SharedSides, check_exact, contrast_columns
 from .contrasts import CONTROLS, SCOPES, Contrast, _pair_rows, contrasts
 
 COLUMNS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer", "target_feature",
-           "mean_baseline", "mean_patched", "delta", "effect_size", "p_value", "test", "n", "n_nonzero",
-           "n_trials", "n_prompts", "prompts_replicated", "prompts_opposite", "robust", "q_within_source"]
+           "mean_baseline", "mean_patched", "delta", "delta_passthrough", "delta_computed", "effect_size", "p_value",
+           "p_computed", "p_prompts", "test", "n", "n_nonzero", "n_trials", "n_prompts", "prompts_replicated",
+           "prompts_opposite", "robust", "q_within_source"]
 
 
 THREADS = 2  # contrasts computed at once within a layer
@@ -45,29 +46,34 @@ def _frame(c: Contrast, target: int, feats: np.ndarray, cols: dict[str, np.ndarr
                          **{k: (cols[k] if np.ndim(cols[k]) else np.full(n, cols[k])) for k in COLUMNS[7:-1]}})
 
 
-def _active(dens: dict[str, np.ndarray], rows: np.ndarray, seen: dict[bytes, np.ndarray]) -> np.ndarray:
+def _active(dens: dict[str, np.ndarray], rows: np.ndarray, seen: dict[tuple[int, bytes], np.ndarray]) -> np.ndarray:
     """Targets non-zero (gen or last) in one of these trials; a side shared by contrasts once."""
-    key = rows.tobytes()
+    key = (id(dens), rows.tobytes())
     if key not in seen:
         seen[key] = (dens["gen"][rows] != 0).any(0) | (dens["last"][rows] != 0).any(0)
     return seen[key]
 
 
 def _layer(cons: list[Contrast], rows_of: list[tuple[np.ndarray, np.ndarray, np.ndarray]], feats: np.ndarray,
-           dens: dict[str, np.ndarray], target: int, layer: int, min_delta: float, min_prompts: int,
-           labels: dict[str, list[str]], where: str) -> list[pd.DataFrame]:
+           dens: dict[str, np.ndarray], passed: dict[str, np.ndarray], target: int, layer: int, min_delta: float,
+           min_prompts: int, labels: dict[str, list[str]], where: str, undecomposed: frozenset[str] = frozenset()
+           ) -> list[pd.DataFrame]:
     """Every contrast's rows at one target layer. A contrast writes the targets active in one of
-    its pairs' trials (its scopes alike); a sham, and a forced run upstream of the source, must
-    leave every code as it was (checked), and then only the baseline side is reduced."""
+    its pairs' trials, or read through by its patch (its scopes alike); a sham, and a forced run
+    upstream of the source, must leave every code as it was (checked), and then only the baseline
+    side is reduced. `passed`: the read-through codes of the trials (zero but above the source);
+    `undecomposed`: conditions whose patch has no read-through to separate (reconstruct mode)."""
     sides, seen, jobs = SharedSides(dens), {}, []
     for c, rows in zip(cons, rows_of):
         treated, control, _ = rows
-        keep = np.flatnonzero(_active(dens, treated, seen) | _active(dens, control, seen))
+        through = _active(passed, treated, seen) if target > layer else np.zeros(len(feats), bool)
+        keep = np.flatnonzero(_active(dens, treated, seen) | _active(dens, control, seen) | through)
         exact = c.control == "sham" or (target < layer and c.scope == "forced")
         if exact:
             check_exact(c, dens[c.column], treated, control, target, target < layer, where)
         sides.whole(c.column, control)
-        jobs.append((c, sides, rows, keep, exact, min_delta, min_prompts))
+        own = passed[c.column][np.ix_(treated, keep)].astype(float) if through.any() else None
+        jobs.append((c, sides, rows, keep, exact, min_delta, min_prompts, own, c.condition not in undecomposed))
     # 2 threads (the cores the rule has): numpy and BLAS release the GIL in the contrasts' passes
     with ThreadPoolExecutor(THREADS) as pool:
         cols = list(pool.map(lambda job: contrast_columns(*job), jobs))
@@ -75,10 +81,15 @@ def _layer(cons: list[Contrast], rows_of: list[tuple[np.ndarray, np.ndarray, np.
 
 
 def layer_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
-                  min_delta: float, min_prompts: int, where: str = "effects") -> Iterator[tuple[int, pd.DataFrame]]:
+                  min_delta: float, min_prompts: int, where: str = "effects",
+                  passthrough: Mapping[int, pd.DataFrame] | None = None, undecomposed: frozenset[str] = frozenset()
+                  ) -> Iterator[tuple[int, pd.DataFrame]]:
     """(target layer, its rows: COLUMNS but q_within_source) for every captured layer but the
     source's own, in codes_by_layer's order. Each layer's codes are asked for when reached and
-    its dense matrices dropped before the next (a lazy Mapping holds one layer at a time)."""
+    its dense matrices dropped before the next (a lazy Mapping holds one layer at a time).
+    `passthrough`: the patched trials' read-through codes per layer above the source
+    (sae.passthrough; absent: none), which split each delta into delta_passthrough and
+    delta_computed; `undecomposed`: conditions whose split is not known (NaN)."""
     layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
     cons = contrasts(patched, baseline)
     pos, rows_of = _pair_rows(cons)
@@ -88,12 +99,13 @@ def layer_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer:
     for target in bar:
         if target == layer:
             continue
-        feats, dens = dense(codes_by_layer[target], pos)
+        through = passthrough[target] if passthrough is not None and target > layer and target in passthrough else None
+        feats, dens, passed = dense(codes_by_layer[target], pos, through)
         if not len(feats):
             continue
-        rows = pd.concat(_layer(cons, rows_of, feats, dens, target, layer, min_delta, min_prompts, labels, where),
-                         ignore_index=True)
-        del dens
+        rows = pd.concat(_layer(cons, rows_of, feats, dens, passed, target, layer, min_delta, min_prompts, labels,
+                                where, undecomposed), ignore_index=True)
+        del dens, passed
         rows.insert(0, "source_feature", fid)
         rows.insert(0, "source_layer", layer)
         tests += int(np.isfinite(rows["p_value"].to_numpy()).sum())
@@ -110,14 +122,17 @@ def empty_rows(layer: int, fid: int) -> pd.DataFrame:
 
 
 def feature_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer: Mapping[int, pd.DataFrame],
-                    min_delta: float, min_prompts: int, where: str = "effects") -> FeatureEffects:
+                    min_delta: float, min_prompts: int, where: str = "effects",
+                    passthrough: Mapping[int, pd.DataFrame] | None = None,
+                    undecomposed: frozenset[str] = frozenset()) -> FeatureEffects:
     """Every contrast of one source feature at every captured layer but its own: layer_effects
     collected, the layers downstream of the source with q_within_source (within_source), those
     upstream as the negative control. `patched` holds one feature's trials; both tables carry a
     `part` column naming their rows in the codes."""
     layer, fid = int(patched["layer"].iloc[0]), int(patched["feature_id"].iloc[0])
     down, up = [], []
-    for target, rows in layer_effects(patched, baseline, codes_by_layer, min_delta, min_prompts, where):
+    for target, rows in layer_effects(patched, baseline, codes_by_layer, min_delta, min_prompts, where, passthrough,
+                                      undecomposed):
         (up if target < layer else down).append(rows)
     like = (down + up)[0].iloc[:0] if down or up else empty_rows(layer, fid)
 

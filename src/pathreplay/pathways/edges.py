@@ -16,21 +16,42 @@ EDGE_KEY = ["source_layer", "source_feature", "condition", "target_layer", "targ
 CHAIN_COLUMNS = ["path", "scope", "condition", "a", "b", "c", "delta_ab", "q_ab", "delta_bc", "q_bc"]
 
 
+KINDS = ("computed", "passthrough", "total")  # what an edge is: see edges
+
+
 def run_wide(effects: pd.DataFrame) -> pd.DataFrame:
     """q_value: BH over every real test of the run (all sources, scopes and layers); each
-    control's tests (sham, placebo, random: over all sources) held to a family of that size."""
+    control's tests (sham, placebo, random: over all sources) held to a family of that size.
+    q_computed and q_prompts: the same over the computed parts' trial-level tests (p_computed) and
+    over their prompt-level tests (p_prompts), families of their own."""
     kind = effects["control"].to_numpy()
-    return effects.assign(q_value=bh_with_controls(effects["p_value"].to_numpy(float), kind, kind == "real"))
+    real = kind == "real"
+    return effects.assign(**{f"q_{name}": bh_with_controls(effects[f"p_{name}"].to_numpy(float), kind, real)
+                             for name in ("value", "computed", "prompts")})
 
 
 def significant(rows: pd.DataFrame, alpha: float, min_delta: float) -> pd.Series:
+    """The total change is a discovery: q < alpha and |delta| > min_delta."""
     return (rows["q_value"] < alpha) & (rows["delta"].abs() > min_delta)
 
 
+def computed(rows: pd.DataFrame, alpha: float, min_delta: float) -> pd.Series:
+    """The computed part is a discovery: q_computed < alpha and |delta_computed| > min_delta."""
+    return (rows["q_computed"] < alpha) & (rows["delta_computed"].abs() > min_delta)
+
+
 def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame:
-    """Real rows with run-wide q < alpha and |delta| > min_delta, each with the forced and the
-    generated delta and q of its (source, condition, target) beside it, and `nonspecific` where
-    the random control of its condition moves the same target the same way in its scope."""
+    """Real rows whose total change is a discovery (run-wide q < alpha and |delta| > min_delta),
+    each with the forced and the generated delta and q of its (source, condition, target) beside
+    it. `kind`: `computed` where the computed part is a discovery too (q_computed < alpha and
+    |delta_computed| > min_delta: the model's blocks did something with the patch), `passthrough`
+    where it is not (the patch's own step read back by a later SAE), `total` where the split is
+    not known (reconstruct patches).
+    `nonspecific` where the random control of its condition makes a computed change of the same
+    target, scope and sign: a move of the residual as large, along a line that is not the
+    feature's, does the same. `general` where the computed part is a discovery across prompts
+    too (q_prompts < alpha over the prompts' means): a claim about prompts like these, where
+    q_value and q_computed are claims about these prompts' trials."""
     real = effects[effects["control"] == "real"]
     e = real[significant(real, alpha, min_delta)]
     for scope in ("forced", "generated"):
@@ -40,14 +61,24 @@ def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame
         ran = side[EDGE_KEY[:3]].drop_duplicates().assign(_ran=True)
         ran_here = e[EDGE_KEY[:3]].merge(ran, on=EDGE_KEY[:3], how="left")["_ran"].eq(True).to_numpy()
         e[f"delta_{scope}"] = e[f"delta_{scope}"].mask(e[f"delta_{scope}"].isna().to_numpy() & ran_here, 0.0)
-    rand = effects[(effects["control"] == "random") & significant(effects, alpha, min_delta)]
-    rand = rand.assign(condition=rand["condition"].str.removeprefix("random:"), sign=np.sign(rand["delta"]))
-    hit = e.assign(sign=np.sign(e["delta"])).merge(rand[EDGE_KEY + ["scope", "sign"]].drop_duplicates(),
-                                                   on=EDGE_KEY + ["scope", "sign"], how="left", indicator=True)
-    e = e.assign(nonspecific=(hit["_merge"] == "both").to_numpy())
+    rand = effects[(effects["control"] == "random") & computed(effects, alpha, min_delta)]
+    rand = rand.assign(condition=rand["condition"].str.removeprefix("random:"), sign=np.sign(rand["delta_computed"]))
+    hit = e.assign(sign=np.sign(e["delta_computed"])).merge(rand[EDGE_KEY + ["scope", "sign"]].drop_duplicates(),
+                                                            on=EDGE_KEY + ["scope", "sign"], how="left", indicator=True)
+    kind = np.where(computed(e, alpha, min_delta), "computed",
+                    np.where(e["delta_computed"].isna(), "total", "passthrough"))
+    general = (e["q_prompts"] < alpha) & (e["delta_computed"].abs() > min_delta)
+    e = e.assign(kind=pd.Categorical(kind, categories=KINDS), nonspecific=(hit["_merge"] == "both").to_numpy(),
+                 general=general.to_numpy())
     e = e.sort_values(["q_value", "delta"], key=lambda s: s.abs() if s.name == "delta" else s, ascending=[True, False])
-    return e[[c for c in COLUMNS if c != "control"] + ["q_value", "delta_forced", "q_forced", "delta_generated",
-                                                        "q_generated", "nonspecific"]].reset_index(drop=True)
+    return e[[c for c in COLUMNS if c != "control"] + ["q_value", "q_computed", "q_prompts", "kind", "general",
+                                                        "delta_forced", "q_forced", "delta_generated", "q_generated",
+                                                        "nonspecific"]].reset_index(drop=True)
+
+
+def headline(e: pd.DataFrame) -> pd.Series:
+    """The edges the run's claims rest on: computed and specific (the graph, chains, counts)."""
+    return (e["kind"] == "computed") & ~e["nonspecific"].astype(bool)
 
 
 def patch_signs(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
@@ -59,20 +90,24 @@ def patch_signs(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
 
 
 def chains(e: pd.DataFrame, signs: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """Chains A -> B -> C of edges of one scope and one condition, B a source itself, whose signs
-    agree: A moves B the way B's own patch in that condition moved it, so B's edge to C predicts
-    the sign of A's effect through B. Candidates for mediation.mediate."""
+    """Chains A -> B -> C of headline edges (computed and specific) of one scope and one
+    condition, B a source itself, whose signs agree: A's computed change of B goes the way B's own
+    patch in that condition moved it, so B's edge to C predicts the sign of A's effect through B.
+    Each hop's delta and q are its computed part's. Candidates for mediation.mediate."""
+    e = e[headline(e)] if len(e) else e
     if e.empty:
         return pd.DataFrame(columns=CHAIN_COLUMNS)
     e = e.assign(src=[feature_name(a, b) for a, b in zip(e["source_layer"], e["source_feature"])],
                  dst=[feature_name(a, b) for a, b in zip(e["target_layer"], e["target_feature"])])
-    first = e.merge(e, left_on=["dst", "scope", "condition"], right_on=["src", "scope", "condition"],
-                    suffixes=("_ab", "_bc"))
+    hop = e[["src", "dst", "scope", "condition", "delta_computed", "q_computed"]]
+    first = hop.merge(hop, left_on=["dst", "scope", "condition"], right_on=["src", "scope", "condition"],
+                      suffixes=("_ab", "_bc"))
     first = first[first["src_ab"] != first["dst_bc"]]
-    keep = [np.sign(r.delta_ab) == signs.get((r.dst_ab, r.condition), 0) for r in first.itertuples()]
+    keep = [np.sign(r.delta_computed_ab) == signs.get((r.dst_ab, r.condition), 0) for r in first.itertuples()]
     first = first[np.array(keep, dtype=bool)] if len(first) else first
     out = pd.DataFrame({"path": first["src_ab"] + " -> " + first["dst_ab"] + " -> " + first["dst_bc"],
                         "scope": first["scope"], "condition": first["condition"], "a": first["src_ab"],
-                        "b": first["dst_ab"], "c": first["dst_bc"], "delta_ab": first["delta_ab"],
-                        "q_ab": first["q_value_ab"], "delta_bc": first["delta_bc"], "q_bc": first["q_value_bc"]})
+                        "b": first["dst_ab"], "c": first["dst_bc"], "delta_ab": first["delta_computed_ab"],
+                        "q_ab": first["q_computed_ab"], "delta_bc": first["delta_computed_bc"],
+                        "q_bc": first["q_computed_bc"]})
     return out.sort_values(["q_ab", "q_bc", "path"]).reset_index(drop=True)[CHAIN_COLUMNS]

@@ -1,8 +1,9 @@
 """The run's pathways tables streamed file by file (one effects file per source), equal to the
 bit to pathways.run_wide, edges, null_summary and upstream_summary over all files at once.
 
-Pass 1 reads `control` and `p_value` of every file: each BH family's non-NaN p (the real tests
-of the run; each control label's tests), sorted once. With p_(1) <= ... <= p_(n) and the
+Pass 1 reads `control` and the p columns (`p_value`, `p_computed`, `p_prompts`) of every file:
+each BH family's non-NaN p (per column: the real tests of the run; each control label's tests),
+sorted once. With p_(1) <= ... <= p_(n) and the
 family's size m (real: n; a control: max(real n, its n), as stats.multiple.bh_with_controls holds it)
 q_(i) = min(1, min over j >= i of p_(j) * (m / j)): a suffix minimum. Tied p share the q of the
 tie's last rank (the suffix minimum is constant over a tie), so any row's q is
@@ -37,7 +38,7 @@ from .edges import edges, run_wide
 NULL_KEYS = ["source_layer", "source_feature", "control", "scope"]
 UP_KEYS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer"]
 EDGE_COLUMNS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer",
-                "target_feature", "delta", "p_value"]
+                "target_feature", "delta", "p_value", "delta_computed", "p_computed", "p_prompts"]
 PASS2_COLUMNS = EDGE_COLUMNS + ["q_within_source"]
 CHUNK = 1 << 22  # bh_sorted's block
 MANY_RUNS = 4096  # runs of equal keys above which (and above 1 in 16 rows) rows are sorted by key
@@ -66,16 +67,26 @@ class RunWide(NamedTuple):
                 q[sel] = fam.q[np.searchsorted(fam.p, p[sel], side="right") - 1]
         return q
 
+    def cutoff(self, alpha: float) -> float:
+        """The real family's BH cutoff: its largest p whose q < alpha (0: no discovery)."""
+        fam = self.families.get("real")
+        hit = np.flatnonzero(fam.q < alpha) if fam is not None else np.zeros(0, np.int64)
+        return float(fam.p[hit[-1]]) if len(hit) else 0.0
+
     @property
     def real_tests(self) -> int:
         return len(self.families["real"].p) if "real" in self.families else 0
 
 
 class RunTables(NamedTuple):
+    """The run's edges, null summary and upstream summary, how many real tests it made, and the
+    real families' BH cutoffs at alpha (trial level: p_value; prompt level: p_prompts)."""
+
     edges: pd.DataFrame
     null: pd.DataFrame
     upstream: pd.DataFrame
     real_tests: int
+    cutoffs: dict[str, float]
 
 
 def bh_sorted(p: np.ndarray, m: int) -> np.ndarray:
@@ -104,17 +115,17 @@ def codes_of(s: pd.Series) -> tuple[np.ndarray, list]:
     return c.astype(np.int64), list(u)
 
 
-def families(paths: Sequence[str | Path]) -> RunWide:
-    """Pass 1: every family's non-NaN p over the files, sorted, and their BH q."""
+def families(paths: Sequence[str | Path], column: str = "p_value") -> RunWide:
+    """Pass 1: every family's non-NaN p (`column`) over the files, sorted, and their BH q."""
     chunks: dict[str, list[np.ndarray]] = {}
     files = []
     for path in paths:
-        f = read_table(path, ["control", "p_value"])
+        f = read_table(path, ["control", column])
         if not len(f):
             continue
         files.append(str(path))
         codes, labels = codes_of(f["control"])
-        p = f["p_value"].to_numpy(float)
+        p = f[column].to_numpy(float)
         ok = ~np.isnan(p)
         for i, lab in enumerate(labels):
             chunks.setdefault(str(lab), []).append(p[ok & (codes == i)])
@@ -179,7 +190,7 @@ def runs(frame: pd.DataFrame, keys: list[str]) -> Runs:
     return Runs(None, starts, group, starts[np.unique(group, return_index=True)[1]])
 
 
-def null_rows(f: pd.DataFrame, rw: RunWide, alpha: float, min_delta: float
+def null_rows(f: pd.DataFrame, rw: RunWide, rwc: RunWide, alpha: float, min_delta: float
               ) -> tuple[pd.DataFrame, list[dict]]:
     """One file's null_summary rows and their keys in the file's dtypes: q < alpha only where
     p < alpha (q >= p); min q = q of the smallest p (q rises with p); counts per run, summed."""
@@ -189,10 +200,16 @@ def null_rows(f: pd.DataFrame, rw: RunWide, alpha: float, min_delta: float
     cand = np.flatnonzero(p < alpha)
     sig = np.zeros(len(f), bool)
     sig[cand] = rw.q(labels, codes[cand], p[cand]) < alpha
+    pc = f["p_computed"].to_numpy(float)
+    cand_c = np.flatnonzero(pc < alpha)
+    sig_c = np.zeros(len(f), bool)
+    sig_c[cand_c] = rwc.q(labels, codes[cand_c], pc[cand_c]) < alpha
+    big_c = np.abs(f["delta_computed"].to_numpy()) > min_delta
     r = runs(f, NULL_KEYS)
     tested = ~np.isnan(p)
     tests, below = r.reduce(tested, np.add), r.reduce(p < alpha, np.add)
     disc, within = r.reduce(sig & big, np.add), r.reduce((f["q_within_source"] < alpha).to_numpy() & big, np.add)
+    disc_c = r.reduce(sig_c & big_c, np.add)
     low, top = r.reduce(p, np.fmin), r.reduce(np.abs(f["delta"].to_numpy()), np.fmax)
     min_q = rw.q(labels, codes[r.first], low)
     rows = []
@@ -201,23 +218,27 @@ def null_rows(f: pd.DataFrame, rw: RunWide, alpha: float, min_delta: float
         rows.append({"source": feature_name(f["source_layer"].iat[i], f["source_feature"].iat[i]),
                      "contrast": f["control"].iat[i], "scope": f["scope"].iat[i], "tests": int(tests[g]),
                      "discoveries": int(disc[g]), "discoveries_within_source": int(within[g]),
+                     "discoveries_computed": int(disc_c[g]),
                      "min_q": float(min_q[g]), "max_abs_delta": float(top[g]),
                      "p_below_alpha": float(below[g] / tests[g]) if tests[g] else np.nan, "ks": stat, "ks_p": ks_p})
     return f[NULL_KEYS].iloc[r.first].reset_index(drop=True), rows
 
 
-def edge_rows(f: pd.DataFrame, rw: RunWide, alpha: float, min_delta: float) -> np.ndarray:
-    """Row numbers of one file that `edges` reads: real and random rows with q < alpha and
-    |delta| > min_delta, the real forced and generated rows of the edges' targets, the first
-    real row of each (source, condition, scope) run (edges asks whether a side ran at all), and
-    row 0 (the file's dtypes; any other row is inert in `edges`)."""
+def edge_rows(f: pd.DataFrame, rw: RunWide, rwc: RunWide, alpha: float, min_delta: float) -> np.ndarray:
+    """Row numbers of one file that `edges` reads: real rows whose total is a discovery (q < alpha
+    and |delta| > min_delta: the edges), random rows whose computed part is (q_computed,
+    delta_computed: what makes an edge nonspecific), the real forced and generated rows of the
+    edges' targets, the first real row of each (source, condition, scope) run (edges asks whether
+    a side ran at all), and row 0 (the file's dtypes; any other row is inert in `edges`)."""
     codes, labels = codes_of(f["control"])
     real, rand = (codes == (labels.index(k) if k in labels else -2) for k in ("real", "random"))
-    p = f["p_value"].to_numpy(float)
-    cand = np.flatnonzero((p < alpha) & (np.abs(f["delta"].to_numpy()) > min_delta) & (real | rand))
-    sig = cand[rw.q(labels, codes[cand], p[cand]) < alpha]
-    keep = [np.zeros(1, np.int64), sig]
-    e = sig[real[sig]]
+    sigs = []
+    for fam, p_col, d_col, which in ((rw, "p_value", "delta", real), (rwc, "p_computed", "delta_computed", rand)):
+        p = f[p_col].to_numpy(float)
+        cand = np.flatnonzero((p < alpha) & (np.abs(f[d_col].to_numpy()) > min_delta) & which)
+        sigs.append(cand[fam.q(labels, codes[cand], p[cand]) < alpha])
+    e = sigs[0]
+    keep = [np.zeros(1, np.int64), e, sigs[1]]
     if len(e):
         side = real & f["scope"].isin(["forced", "generated"]).to_numpy()
         tf, tl = f["target_feature"].to_numpy(), f["target_layer"].to_numpy()
@@ -295,12 +316,14 @@ _RUN: dict[str, Any] = {}  # pass 2's families and thresholds, shared with forke
 
 def _source(path: str) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     """Pass 2 of one effects file: its null rows (keys, values) and the rows edges reads, with q."""
-    rw, alpha, min_delta = _RUN["rw"], _RUN["alpha"], _RUN["min_delta"]
+    rw, rwc, rwp, alpha, min_delta = _RUN["rw"], _RUN["rwc"], _RUN["rwp"], _RUN["alpha"], _RUN["min_delta"]
     f = read_table(path, PASS2_COLUMNS)
-    keys, rows = null_rows(f, rw, alpha, min_delta)
-    part = take_rows(path, f, edge_rows(f, rw, alpha, min_delta))
+    keys, rows = null_rows(f, rw, rwc, alpha, min_delta)
+    part = take_rows(path, f, edge_rows(f, rw, rwc, alpha, min_delta))
     codes, labels = codes_of(part["control"])
-    return keys, rows, part.assign(q_value=rw.q(labels, codes, part["p_value"].to_numpy(float)))
+    return keys, rows, part.assign(q_value=rw.q(labels, codes, part["p_value"].to_numpy(float)),
+                                   q_computed=rwc.q(labels, codes, part["p_computed"].to_numpy(float)),
+                                   q_prompts=rwp.q(labels, codes, part["p_prompts"].to_numpy(float)))
 
 
 def _upstream(path: str) -> tuple[pd.DataFrame, list[dict]] | None:
@@ -321,8 +344,8 @@ def run_tables(effects: Sequence[str | Path], upstream: Sequence[str | Path], al
     """pathways' run-wide edges, null_summary and upstream_summary over the files: pass 1 over
     the effects files (families), then pass 2 file by file (`workers` processes) and the
     upstream files."""
-    rw = families(effects)
-    _RUN.update(rw=rw, alpha=alpha, min_delta=min_delta)
+    rw, rwc, rwp = (families(effects, col) for col in ("p_value", "p_computed", "p_prompts"))
+    _RUN.update(rw=rw, rwc=rwc, rwp=rwp, alpha=alpha, min_delta=min_delta)
     try:
         if rw.files:
             done = list(_each(_source, rw.files, workers))
@@ -336,4 +359,4 @@ def run_tables(effects: Sequence[str | Path], upstream: Sequence[str | Path], al
         _RUN.clear()
     up = (in_group_order([u[0] for u in ups], [u[1] for u in ups], UPSTREAM_COLUMNS) if ups
           else upstream_summary(pd.DataFrame(columns=COLUMNS[:-1])))
-    return RunTables(e, null, up, rw.real_tests)
+    return RunTables(e, null, up, rw.real_tests, {"trials": rw.cutoff(alpha), "prompts": rwp.cutoff(alpha)})

@@ -132,7 +132,7 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(h.digest(), "little") & 0x7FFF_FFFF_FFFF
 
 
-Stream = Literal["screen", "replay", "placebo"]  # seed streams: the screen's trials never reappear
+Stream = Literal["screen", "replay", "placebo", "behaviour"]  # seed streams: the screen's trials never reappear
 
 
 def trial_seed(seed: int, prompt_id: str, trial: int, stream: Stream) -> int:

@@ -20,6 +20,11 @@ class Prompt(NamedTuple):
     context: str
 
 
+def read_prompt_ids(path: str) -> list[str]:
+    """The ids of a prompts file (read_prompts' checks included)."""
+    return [p.id for p in read_prompts(path)]
+
+
 def read_prompts(path: str) -> list[Prompt]:
     """Read and check a prompts JSONL file (fields id, text, context)."""
     if not Path(path).is_file():

@@ -118,7 +118,7 @@ def run_batch(model: Any, tok: Any, jobs: Sequence[Job], s: ReplaySettings, eng:
     host, event = to_host([t for k in kept.values() for t in k])
     pending = Pending(event, dict(zip(kept, host[2::3])), where)
     stats = iv.step_stats(0) if patches else None
-    fid = _fidelity(stats, gen.lengths) if stats is not None else {}
+    fid = _fidelity(stats, gen.lengths, keep, n_valid) if stats is not None else {}
     records = []
     task = load_task(s.task)
     for r, j in enumerate(jobs):
@@ -200,12 +200,16 @@ def settle(b: Batch) -> Batch:
     return b._replace(pending=None)
 
 
-def _fidelity(stats: torch.Tensor, lengths: torch.Tensor) -> dict[str, list[float]]:
+def _fidelity(stats: torch.Tensor, lengths: torch.Tensor, keep: Sequence[int], n_valid: torch.Tensor
+              ) -> dict[str, list]:
     """Per row, from the first patch's STATS: at the last prompt position the feature before and
-    after the patch, its pre-activation before, ||dh|| and ||dh|| / ||h||; over the row's own
-    generated tokens the mean value after the patch, ||dh|| and ||dh|| / ||h|| (NaN where the
-    row was not patched there)."""
-    before, after, pre, dh, h = stats  # each [rows, 1 + steps]
+    after the patch (the dose the SAE reads back), whether it fires then, its pre-activation
+    before, ||dh|| and ||dh|| / ||h||; over the row's own generated tokens the mean value after
+    the patch, the share of them where it fires, ||dh|| and ||dh|| / ||h|| (NaN where the row was
+    not patched there); and `step`, the signed step along the patch's vector at the positions the
+    captures keep (the last prompt position, then the row's kept generated positions), so that
+    encode can add the patch's own dh to the baseline's states (sae.passthrough)."""
+    before, after, pre, dh, h, step = stats  # each [rows, 1 + steps]
     own = torch.arange(stats.shape[2] - 1)[None, :] < (lengths[:, None] - 1)  # steps fed the row's tokens
     own &= ~torch.isnan(after[:, 1:])
     cnt = own.sum(1)
@@ -215,10 +219,15 @@ def _fidelity(stats: torch.Tensor, lengths: torch.Tensor) -> dict[str, list[floa
         return torch.where(cnt > 0, m, torch.full_like(m, math.nan)).tolist()
 
     rel = dh / h
+    fires = (after > 0).float().masked_fill(torch.isnan(after), math.nan)
+    cols = torch.tensor([0] + [1 + p for p in keep], dtype=torch.long)
+    at = step.index_select(1, cols.clamp(max=step.shape[1] - 1))
+    steps = [at[r, : 1 + int(n)].tolist() for r, n in enumerate(n_valid)]
     return {"value_before_last": before[:, 0].tolist(), "value_after_last": after[:, 0].tolist(),
-            "pre_before_last": pre[:, 0].tolist(), "dh_last": dh[:, 0].tolist(), "dh_rel_last": rel[:, 0].tolist(),
-            "value_after_generated": mean(after[:, 1:]), "dh_generated": mean(dh[:, 1:]),
-            "dh_rel_generated": mean(rel[:, 1:])}
+            "fires_last": fires[:, 0].tolist(), "pre_before_last": pre[:, 0].tolist(), "dh_last": dh[:, 0].tolist(),
+            "dh_rel_last": rel[:, 0].tolist(), "value_after_generated": mean(after[:, 1:]),
+            "fires_generated": mean(fires[:, 1:]), "dh_generated": mean(dh[:, 1:]),
+            "dh_rel_generated": mean(rel[:, 1:]), "step": steps}
 
 
 def batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:

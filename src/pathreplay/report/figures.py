@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..features import feature_name, parse_feature_name
 from ..io import atomic_path
+from ..pathways.edges import headline
 from ..replay.plan import control_of
 
 
@@ -44,14 +45,18 @@ def from_source(edges: pd.DataFrame, source: str) -> pd.Series:
 
 
 def graph_edges(edges: pd.DataFrame, source: str | None = None, cap: int = 120) -> tuple[pd.DataFrame, int]:
-    """The edges a graph draws: per (source, target) the strongest significant one, forced scope
-    first (the direct effect), at most `cap` of them by |delta|; and how many were left out."""
+    """The edges a graph draws: the headline ones (computed and specific, pathways.edges.headline),
+    per (source, target) the strongest, forced scope first (the direct effect), at most `cap` of
+    them by |delta_computed|; and how many were left out. Each carries its computed part as
+    `delta`, what the graph draws."""
     e = edges if source is None else edges[from_source(edges, source)]
+    e = e[headline(e)] if len(e) else e
     if e.empty:
         return e.assign(src=[], dst=[]), 0
     e = e.assign(src=[feature_name(a, b) for a, b in zip(e["source_layer"], e["source_feature"])],
                  dst=[feature_name(a, b) for a, b in zip(e["target_layer"], e["target_feature"])],
-                 first=(e["scope"] != "forced").astype(int), size=e["delta"].abs())
+                 first=(e["scope"] != "forced").astype(int), size=e["delta_computed"].abs(),
+                 delta=e["delta_computed"])
     e = e.sort_values(["first", "size"], ascending=[True, False]).drop_duplicates(["src", "dst"])
     # every source gets its share of the cap, so one strong source does not crowd the others out
     share = max(1, cap // e["src"].nunique())
@@ -106,9 +111,11 @@ def pathway_graph(edges: pd.DataFrame, paths: pd.DataFrame, out: str | os.PathLi
     else:
         ax.set_xlabel("no edge", fontsize=8)
         ax.set_axis_off()
-    title = f"{'every source' if source is None else source}: {g.number_of_edges()} edges"
+    doses = ", ".join(sorted(set(e["condition"]))) if len(e) else "none"
+    title = f"{'every source' if source is None else source}: {g.number_of_edges()} computed, specific edges"
     title += f" ({left} weaker ones left out)" if left else ""
-    ax.set_title(title + "; red: up, blue: down, width: |delta|, bold: mediated chain, gold: source", fontsize=8)
+    ax.set_title(title + f"; doses {doses}\nred: up, blue: down, width: |delta_computed|, bold: mediated chain, "
+                 "gold: source", fontsize=8)
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
@@ -150,11 +157,15 @@ def behaviour_plot(behaviour: pd.DataFrame, feature: str, out: str | os.PathLike
 
 
 def top_edges(edges: pd.DataFrame, source: str, n: int = 25) -> pd.DataFrame:
-    """A source's strongest edges for a table: forced and generated deltas side by side."""
+    """A source's strongest edges for a table, computed and specific ones first (then by |delta|):
+    the total and its computed part, forced and generated deltas side by side, the dose read back."""
     e = edges[from_source(edges, source)]
-    cols = ["condition", "scope", "target_layer", "target_feature", "delta_forced", "q_forced", "delta_generated",
-            "q_generated", "robust", "nonspecific"]
-    e = e.assign(size=e["delta"].abs()).sort_values("size", ascending=False)
+    e = e.assign(_top=~headline(e)) if len(e) else e.assign(_top=[])
+    cols = ["condition", "scope", "target_layer", "target_feature", "kind", "delta", "delta_computed", "q_computed",
+            "delta_forced", "q_forced", "delta_generated", "q_generated", "dose_realized", "robust", "nonspecific",
+            "off_distribution"]
+    cols = [c for c in cols if c in edges.columns]
+    e = e.assign(size=e["delta"].abs()).sort_values(["_top", "size"], ascending=[True, False])
     return e[cols].drop_duplicates(["condition", "target_layer", "target_feature"]).head(n).reset_index(drop=True)
 
 

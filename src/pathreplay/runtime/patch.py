@@ -28,7 +28,9 @@ v is per row ([batch]) or per patched step ([batch, 1 + steps]: column 0 the pro
 position, column 1 + s decode step s). Positions: `all` (every prompt position and every
 generated token), `exp2` (the last prompt position and every generated token: what Exp2's hook
 did with the KV cache on), `generated`. Each patched position records, before and after: the
-feature's value, its pre-activation before, ||dh|| and ||h|| (`STATS`).
+feature's value, its pre-activation before, ||dh||, ||h|| and the signed step s along the
+patch's vector (dh = s vector(p); NaN for `reconstruct`, whose dh is no multiple of one vector)
+(`STATS`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from .static import Store
 Mode = Literal["decoder", "clamp", "reconstruct", "add", "sham", "random"]
 Positions = Literal["all", "exp2", "generated"]
 MODES, POSITIONS = get_args(Mode), get_args(Positions)
-STATS = ("before", "after", "pre", "dh", "h")  # what each patched position records, in this order
+STATS = ("before", "after", "pre", "dh", "h", "step")  # what each patched position records, in this order
 
 
 class Patch(NamedTuple):
@@ -75,7 +77,7 @@ def vector(p: Patch) -> torch.Tensor:
 def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, v: torch.Tensor, sel: torch.Tensor | None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch h[b, t] to (or by) v[b, 1] where sel[b, t] (None: everywhere) along d; returns the
-    new h and STATS [5, b, t]. No host sync, so it can run inside a CUDA graph."""
+    new h and STATS [6, b, t]. No host sync, so it can run inside a CUDA graph."""
     x = h.float()
     pre = p.feature.pre(x)
     before = torch.where(pre > p.feature.threshold, pre, torch.zeros_like(pre))
@@ -87,6 +89,7 @@ def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, v: torch.Tensor, sel: tor
         f = p.sae.encode(x)
         f[..., p.feature.index] = vv
         new = p.sae.decode(f)
+        step = torch.full_like(pre, float("nan"))
     else:
         if p.mode == "clamp":
             # v = 0 on an inactive feature is already satisfied: leave the row untouched.
@@ -100,7 +103,8 @@ def _apply(p: Patch, d: torch.Tensor, h: torch.Tensor, v: torch.Tensor, sel: tor
         new = x + step[..., None] * d
     out = torch.where(skip[..., None], x, new).to(h.dtype)
     moved = out.float()
-    stats = torch.stack([before, p.feature.value(moved), pre, (moved - x).norm(dim=-1), x.norm(dim=-1)])
+    stats = torch.stack([before, p.feature.value(moved), pre, (moved - x).norm(dim=-1), x.norm(dim=-1),
+                         torch.where(skip, torch.zeros_like(step), step)])
     return out, stats
 
 
@@ -125,7 +129,7 @@ class Interventions:
         self.readback: list[dict[str, Any]] = []  # prompt passes: phase, stats [5, B, s], selected
         self.col: torch.Tensor | None = None
         self.decoded: dict[int, torch.Tensor] = {}  # block -> [batch, steps, d_model]
-        self.trace: list[torch.Tensor] = []  # per patch: STATS [5, batch, steps]
+        self.trace: list[torch.Tensor] = []  # per patch: STATS [6, batch, steps]
         self.steps = 0  # decode steps whose columns hold data (set by whoever runs them)
         self._dirs: dict[int, torch.Tensor] = {}
         for p in self.patches:
@@ -249,7 +253,7 @@ class Interventions:
         return out.cpu() if host else out
 
     def step_stats(self, j: int = 0) -> torch.Tensor:
-        """Patch j's STATS per patched step on the CPU, [5, batch, 1 + steps]: column 0 the
+        """Patch j's STATS per patched step on the CPU, [6, batch, 1 + steps]: column 0 the
         prompt's last position (NaN where it was not patched), then one column per decode step."""
         last = torch.full((len(STATS), self.trace[j].shape[1], 1), float("nan"))
         for rec in self.readback:

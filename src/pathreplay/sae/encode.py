@@ -103,17 +103,51 @@ def load_partial(path: str | Path) -> PartialQuality:
     return PartialQuality(**load_file(str(path)))
 
 
+GROUP_QUALITY = ["group", "fvu", "l0", "positions"]
+
+
+class _GroupSums:
+    """Per group of rows, the sums FVU and L0 are made of (float64): squared error, squared norm,
+    per-dimension sums, active entries, positions."""
+
+    def __init__(self, groups: np.ndarray, d_model: int) -> None:
+        self.groups = torch.as_tensor(np.array(groups, np.int64))
+        n = int(self.groups.max()) + 1 if len(groups) else 0
+        self.err, self.sq, self.l0, self.n = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
+        self.sums = torch.zeros(n, d_model, dtype=torch.float64)
+
+    def add(self, r0: int, x: torch.Tensor, rec: torch.Tensor, f: torch.Tensor, v: torch.Tensor) -> None:
+        g = self.groups[r0: r0 + x.shape[0]]
+        vv = v[..., None].to(x.dtype)
+        self.err.index_add_(0, g, ((x - rec).pow(2) * vv).sum((1, 2)).double().cpu())
+        self.sq.index_add_(0, g, (x.pow(2) * vv).sum((1, 2)).double().cpu())
+        self.sums.index_add_(0, g, (x.double() * vv.double()).sum(1).cpu())
+        self.l0.index_add_(0, g, ((f > 0) & v[..., None]).sum((1, 2)).double().cpu())
+        self.n.index_add_(0, g, v.sum(1).double().cpu())
+
+    def table(self) -> pd.DataFrame:
+        """FVU (error over the sum of squares about the group's mean), L0 and positions per group."""
+        mean = self.sums / self.n.clamp(min=1)[:, None]
+        tot = self.sq - self.n * mean.pow(2).sum(1)
+        fvu = torch.where(tot > 0, self.err / tot.clamp(min=1e-300), torch.full_like(tot, float("nan")))
+        return pd.DataFrame({"group": np.arange(len(self.n)), "fvu": fvu.numpy(),
+                             "l0": (self.l0 / self.n.clamp(min=1)).numpy(), "positions": self.n.numpy().astype(np.int64)})
+
+
 @torch.no_grad()
-def encode_part(sae: SAE, part: str, path: str | Path, chunk: int = 8192
-                ) -> tuple[pd.DataFrame, PartialQuality | None]:
-    """Sparse codes of one part's state file (columns part, row, feature, last, gen) and, for an
-    unpatched part (name starting with `baseline`), its share of the layer's quality sums: a
-    patched state is off the SAE's training distribution by construction, and would say more
-    about the patch than the SAE. Every SAE product has `max(1, chunk // width)` rows (the last
-    padded), so a row's codes do not depend on its part or its place in a chunk."""
+def encode_part(sae: SAE, part: str, path: str | Path, chunk: int = 8192, groups: np.ndarray | None = None
+                ) -> tuple[pd.DataFrame, PartialQuality | pd.DataFrame | None]:
+    """Sparse codes of one part's state file (columns part, row, feature, last, gen) and its
+    quality on the SAE: for an unpatched part (name starting with `baseline`) its share of the
+    layer's quality sums (PartialQuality, merged by merge_quality); for a patched part given
+    `groups` (a group number per row: feature, condition, run), the SAE's FVU, L0 and positions
+    per group (GROUP_QUALITY), how far the patch pushed the states off the SAE's distribution.
+    Every SAE product has `max(1, chunk // width)` rows (the last padded), so a row's codes do
+    not depend on its part or its place in a chunk."""
     states, n_valid, sample = read_states(str(path))
     rows, width, _ = states.shape
     quality = part.startswith("baseline")
+    by_group = _GroupSums(groups, states.shape[2]) if groups is not None and not quality else None
     dev = sae.W.device
     valid = torch.arange(width)[None, :] <= n_valid[:, None]  # position 0 is the prompt's last
     last = torch.zeros(rows, sae.meta.d_sae)
@@ -128,6 +162,8 @@ def encode_part(sae: SAE, part: str, path: str | Path, chunk: int = 8192
         last[r0: r0 + x.shape[0]] = f[:, 0].cpu()
         g = (f[:, 1:] * v[:, 1:, None]).sum(1) / v[:, 1:].sum(1, keepdim=True).clamp(min=1)
         gen[r0: r0 + x.shape[0]] = g.cpu()
+        if by_group is not None:
+            by_group.add(r0, x, sae.decode(f), f, v)
         if not quality:
             continue
         rec = sae.decode(f)
@@ -146,7 +182,7 @@ def encode_part(sae: SAE, part: str, path: str | Path, chunk: int = 8192
         "last": last[nz[:, 0], nz[:, 1]].numpy(), "gen": gen[nz[:, 0], nz[:, 1]].numpy()})
     log.info("%s: %d rows encoded, %d non-zero codes", part, rows, len(codes))
     if not quality:
-        return codes, None
+        return codes, by_group.table() if by_group is not None else None
     flips = fp16_flips(sae, sample) if len(sample) else (0, 0, 0)
     f64 = torch.float64
     partial = PartialQuality(
