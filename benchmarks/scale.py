@@ -103,8 +103,7 @@ def synthetic_effects(a: argparse.Namespace, down: bool) -> pa.Table:
     rng = np.random.default_rng([a.seed, 17, down])
     conds = conditions(a.conditions)
     con = ([(c, "real", s) for c in conds for s in SCOPES] + [("sham", "sham", s) for s in SCOPES]
-           + [(f"random:{c}", "random", s) for c in conds for s in SCOPES]
-           + [("placebo", "placebo", s) for s in ("prompt_last", "generated")])
+           + [(f"random:{c}", "random", s) for c in conds for s in SCOPES])
     names = sorted({c for c, _, _ in con})
     layers = [x for x in range(a.layers) if (x > a.source_layer if down else x < a.source_layer)]
     K, C = a.block_rows, len(con)
@@ -131,6 +130,11 @@ def synthetic_effects(a: argparse.Namespace, down: bool) -> pa.Table:
             "target_layer": np.repeat(np.array(layers, np.int64), C * K), "target_feature": tf,
             "mean_baseline": base, "mean_patched": base + delta,
             "effect_size": np.where(tested, delta / rng.uniform(0.05, 0.5, n), 0.0), "delta": delta, "p_value": p,
+            # the read-through: a third of the change above the source, none below; the computed
+            # part tested as the total (its p), across 4 prompts floored at 2 / 2^4
+            "delta_passthrough": np.where(tested & down, delta / 3, 0.0),
+            "delta_computed": delta - np.where(tested & down, delta / 3, 0.0), "p_computed": p,
+            "p_prompts": np.where(np.isnan(p), np.nan, np.maximum(p, 0.125)),
             "test": pd.Categorical.from_codes(test, categories=list(TESTS)), "n": np.where(scope == 0, 4, 200),
             "n_nonzero": np.where(tested, rng.integers(2, 200, n), 0), "n_trials": np.full(n, 200, np.int64),
             "n_prompts": np.full(n, 4, np.int64), "prompts_replicated": np.where(tested, rng.integers(0, 5, n), 0),

@@ -107,13 +107,14 @@ def trial_tables(a: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, pd.Data
     pt = [(f"p{p}", t) for p in range(a.prompts) for t in range(a.trials)]
     rows = [(c, r, p, t) for c, r in blocks for p, t in pt]
     patched = pd.DataFrame(rows, columns=["condition", "run", "prompt_id", "trial"]).assign(
-        feature=f"L{a.source_layer}-{a.source_feature}", layer=a.source_layer, feature_id=a.source_feature)
+        feature=f"L{a.source_layer}-{a.source_feature}", layer=a.source_layer, feature_id=a.source_feature,
+        n_positions=1)  # every trial kept a generated position
     patched["row"] = np.arange(len(patched))
     base = {}
     for p in range(a.prompts):
         b = pd.DataFrame({"condition": ["baseline"] * a.trials + ["placebo"] * a.trials, "run": "generated",
                           "prompt_id": f"p{p}", "trial": list(range(a.trials)) * 2})
-        base[f"p{p}"] = b.assign(row=np.arange(len(b)))
+        base[f"p{p}"] = b.assign(row=np.arange(len(b)), n_positions=1)
     return patched, base
 
 

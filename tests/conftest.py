@@ -132,20 +132,25 @@ class Planted(NamedTuple):
     dirs: dict  # name -> unit direction (A, B, C, X)
 
 
-# Planted features (layer, index): A and X at block 0 are sources; block 1 computes B from A,
-# block 2 computes C from B; P2 and P3 read A's own direction, which no block writes.
-PLANTED = {"A": (0, 5), "X": (0, 7), "B": (1, 9), "C": (2, 4), "P2": (2, 11), "P3": (3, 2)}
+# Planted features (layer, index): A and X at block 0 are sources; block 1 computes B (and D, off
+# the path) from A, block 2 computes C from B; B2 shares B's rows; P2 and P3 read A's own
+# direction, which no block writes.
+PLANTED = {"A": (0, 5), "X": (0, 7), "B": (1, 9), "B2": (1, 12), "D": (1, 3), "C": (2, 4), "P2": (2, 11),
+           "P3": (3, 2)}
 
 
-def make_planted(root: Path) -> Planted:
+def make_planted(root: Path, k_ab: float = 0.1, k_bc: float = 0.1, k_ac: float = 0.0) -> Planted:
     """A 4-block Llama whose blocks compute A -> B -> C and never write A's direction.
 
-    Four orthonormal directions e_A, e_B, e_C, e_X are taken out of the embeddings and of every
-    block's output projections (o_proj, down_proj), so no random weight writes them and the
-    baseline residual has none of them. Block 1's MLP gets one neuron that reads e_A and writes
-    e_B, block 2's one that reads e_B and writes e_C (silu(a) a k: 0 at a = 0). SAEs (Llama Scope
-    files, 16 features a layer): the planted features read and write their directions at unit
-    gain with a bias of 5, so they are active throughout; the other features are random."""
+    Five orthonormal directions e_A, e_B, e_C, e_D, e_X are taken out of the embeddings and of
+    every block's output projections (o_proj, down_proj), so no random weight writes them and the
+    baseline residual has none of them. Block 1's MLP gets a neuron that reads e_A and writes
+    k_ab e_B, and one that reads e_A and writes 0.01 e_D (D: moved by A, read by nothing after, and
+    small, so that taking it out of the residual barely moves the norm the next block divides by);
+    block 2's one that reads e_B and writes k_bc e_C, and (k_ac > 0: a partial chain) one that
+    reads e_A and writes k_ac e_C (silu(a) a k: 0 at a = 0). SAEs (Llama Scope files, 16 features
+    a layer): the planted features read and write their directions at unit gain with a bias of 5,
+    so they are active throughout (B2 with B's rows); the other features are random."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     _, tok = make_tiny_lm()
@@ -156,20 +161,21 @@ def make_planted(root: Path) -> Planted:
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg).eval()
     g = torch.Generator().manual_seed(7)
-    q, _ = torch.linalg.qr(torch.randn(d, 4, generator=g))
-    dirs = dict(zip("ABCX", q.T.contiguous()))
+    q, _ = torch.linalg.qr(torch.randn(d, 5, generator=g))
+    dirs = dict(zip("ABCXD", q.T.contiguous()))
     off = torch.eye(d) - q @ q.T
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight @ off)
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.copy_(off @ layer.self_attn.o_proj.weight)
             layer.mlp.down_proj.weight.copy_(off @ layer.mlp.down_proj.weight)
-        for block, (src, dst) in ((1, ("A", "B")), (2, ("B", "C"))):
+        for block, neuron, src, dst, k in ((1, 0, "A", "B", k_ab), (1, 1, "A", "D", 0.01), (2, 0, "B", "C", k_bc),
+                                           (2, 1, "A", "C", k_ac)):
             mlp = model.model.layers[block].mlp
-            mlp.gate_proj.weight[0] = dirs[src]
-            mlp.up_proj.weight[0] = dirs[src]
-            mlp.down_proj.weight[:, 0] = 0.1 * dirs[dst]
-    reads = {0: {5: "A", 7: "X"}, 1: {9: "B"}, 2: {4: "C", 11: "A"}, 3: {2: "A"}}
+            mlp.gate_proj.weight[neuron] = dirs[src]
+            mlp.up_proj.weight[neuron] = dirs[src]
+            mlp.down_proj.weight[:, neuron] = k * dirs[dst]
+    reads = {0: {5: "A", 7: "X"}, 1: {9: "B", 12: "B", 3: "D"}, 2: {4: "C", 11: "A"}, 3: {2: "A"}}
     for block in range(4):
         E, D = torch.randn(16, d, generator=g) / d, torch.randn(d, 16, generator=g) / d
         bias = torch.zeros(16)

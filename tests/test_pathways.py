@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import PLANTED, replay_prompts
 from pathreplay.effects.layers import feature_effects
@@ -87,14 +88,18 @@ def traced(planted, tmp_path_factory):
     effects = run_wide(pd.concat([r.effects for r in results.values()], ignore_index=True))
     e = edges(effects, 0.05, 0.05)
     ch = chains(e, patch_signs(trials))
-    slices = {NAMES[n]: Slice(NAMES[n], *PLANTED[n][:1], planted.saes.feature(*PLANTED[n])) for n in ("A", "B", "C", "X")}
-    todo = ch[(ch["scope"] == "forced") & (ch["c"] == NAMES["C"])]
+    slices = {NAMES[n]: Slice(NAMES[n], PLANTED[n][0], planted.saes.feature(*PLANTED[n])) for n in PLANTED}
+    todo = ch[(ch["scope"] == "forced") & (ch["c"] == NAMES["C"]) & (ch["hops"] == 2)]
+    # off the path (D: moved by A, read by nothing after) and B's twin (B2: B's rows) held alone too
+    for m in ("D", "B2"):
+        todo = pd.concat([todo, todo.iloc[:1].assign(mids=NAMES[m], path=f"{NAMES['A']} -> {NAMES[m]} -> {NAMES['C']}")])
     conds = [Condition("up", "risky_value", 1.0)]
     jobs = {(a, "up"): patched_jobs(PROMPTS, selected.loc[a], conds, 8, SEED) for a in set(todo["a"])}
-    paths = mediate(planted.model, planted.tok, todo, slices, jobs, baseline[baseline["condition"] == "baseline"], s,
-                    0.05, 0.05)
-    return {"effects": effects, "edges": e, "chains": ch, "paths": paths, "results": results, "trials": trials,
-            "baseline": baseline, "codes": codes}
+    layer1 = [slices[NAMES[m]] for m in ("B", "B2", "D")]  # A's computed targets at L1 (planted ones)
+    med = mediate(planted.model, planted.tok, todo, {(NAMES["A"], "up"): layer1}, slices, jobs,
+                  baseline[baseline["condition"] == "baseline"], s, 0.05, 0.05)
+    return {"effects": effects, "edges": e, "chains": ch, "paths": med.paths, "layers": med.layers,
+            "results": results, "trials": trials, "baseline": baseline, "codes": codes}
 
 
 def _edge(e, src, dst, scope="forced"):
@@ -122,17 +127,71 @@ def test_the_read_through_is_told_apart_from_the_computation(traced):
 
 
 def test_planted_chain_is_mediated_by_its_middle(traced):
-    paths = traced["paths"].set_index("path")
-    chain = paths.loc[f"{NAMES['A']} -> {NAMES['B']} -> {NAMES['C']}"]
-    assert bool(chain["mediated"]) and chain["indirect_share"] >= 0.8, chain
-    assert chain["share_lo"] > 0.5 and abs(chain["total"]) > 0.05 and chain["n_trials"] == 24
+    paths = traced["paths"].set_index("mediator")
+    chain = paths.loc[NAMES["B"]]
+    assert chain["path"] == f"{NAMES['A']} -> {NAMES['B']} -> {NAMES['C']}" and chain["hops"] == 2
+    assert bool(chain["mediated"]) and chain["share"] >= 0.8, chain
+    assert chain["share_lo"] > 0.5 and abs(chain["total"]) > 0.05 and chain["n_trials"] == 24 and chain["n_prompts"] == 3
     # the forced and generated deltas of an edge stand side by side
     assert {"delta_forced", "delta_generated", "nonspecific", "kind"} <= set(traced["edges"].columns)
 
 
+def test_a_latent_off_the_path_mediates_nothing(traced):
+    d = traced["paths"].set_index("mediator").loc[NAMES["D"]]
+    assert abs(d["share"]) < 0.05 and not bool(d["mediated"]), d
+
+
+def test_latents_that_share_a_direction_are_held_once_at_their_layer(traced):
+    # B and B2 read and write one direction: each alone holds all of it (shares that sum to 2);
+    # holding the layer's latents at once holds it once
+    paths = traced["paths"].set_index("mediator")
+    assert paths.loc[NAMES["B"], "share"] > 0.9 and paths.loc[NAMES["B2"], "share"] > 0.9
+    layer = traced["layers"].set_index(["target", "layer"]).loc[(NAMES["C"], 1)]
+    assert layer["mediators"] == 3 and abs(layer["share"] - 1) < 0.1 and bool(layer["mediated"])
+
+
+def test_a_partial_chain_shows_its_share(tmp_path):
+    # C computed from B (block 2) and from A directly (block 2, from e_A): holding B leaves the
+    # direct part. The share the hold finds against the one the weights give: the effect on C with
+    # the B -> C neuron cut (an independent computation, no hold at all)
+    from conftest import make_planted
+    from pathreplay.pathways.mediation import _forced_means
+    from pathreplay.replay.coupled import baseline_tokens, forced_tokens
+    from pathreplay.replay.trials import batches, job_patch
+
+    p = make_planted(tmp_path / "partial", k_ab=0.01, k_bc=1.0, k_ac=0.0065)
+    s = ReplaySettings(max_new_tokens=5, temperature=0.7, batch_size=8, capture_layers=LAYERS)
+    base = pd.concat([run_baseline(p.model, p.tok, q, 8, SEED, s).trials for q in PROMPTS], ignore_index=True)
+    a, b, c = (Slice(NAMES[n], PLANTED[n][0], p.saes.feature(*PLANTED[n])) for n in ("A", "B", "C"))
+    jobs = patched_jobs(PROMPTS, _selected(["A"]).iloc[0], [Condition("up", "risky_value", 1.0)], 8, SEED)
+    chain = pd.DataFrame([{"path": "x", "scope": "forced", "condition": "up", "hops": 2, "a": a.name, "mids": b.name,
+                           "c": c.name, "delta_first": 1.0, "q_first": 0.0, "delta_last": 1.0, "q_last": 0.0}])
+    med = mediate(p.model, p.tok, chain, {}, {x.name: x for x in (a, b, c)}, {(a.name, "up"): jobs}, base, s, 0.05, 0.05)
+    cut = []
+    tokens = baseline_tokens(base)
+    neuron = p.model.model.layers[2].mlp.down_proj.weight
+    for part in batches(jobs, s.batch_size):
+        forced = forced_tokens(tokens, part, s.max_new_tokens, p.tok.pad_token_id)
+        pa = job_patch(part, a.block, a.feature, s)
+        whole = _forced_means(p.model, p.tok, part, s, None, [pa], forced, [c])[c.name][1] \
+            - _forced_means(p.model, p.tok, part, s, None, [], forced, [c])[c.name][1]
+        saved = neuron[:, 0].clone()
+        with torch.no_grad():
+            neuron[:, 0] = 0
+        direct = _forced_means(p.model, p.tok, part, s, None, [pa], forced, [c])[c.name][1] \
+            - _forced_means(p.model, p.tok, part, s, None, [], forced, [c])[c.name][1]
+        with torch.no_grad():
+            neuron[:, 0] = saved
+        cut.append((whole.numpy(), direct.numpy()))
+    total, direct = (np.concatenate(x) for x in zip(*cut))
+    true = 1 - direct.mean() / total.mean()
+    got = med.paths.iloc[0]
+    assert 0.2 < true < 0.8 and abs(got["share"] - true) < 0.1, (got["share"], true)
+
+
 def test_the_control_feature_has_no_chain(traced):
     ch = traced["chains"]
-    assert not ch.empty and not (ch["a"] == NAMES["X"]).any() and not (ch["b"] == NAMES["X"]).any()
+    assert not ch.empty and not (ch["a"] == NAMES["X"]).any() and not ch["mids"].str.contains(NAMES["X"]).any()
     assert not ch["path"].str.contains(NAMES["P2"]).any()  # a passthrough edge is no hop
 
 
@@ -196,19 +255,24 @@ def test_a_patch_that_does_not_act_stops_the_encode(planted, tmp_path, monkeypat
 
 
 def test_chains_need_one_scope_one_condition_and_agreeing_signs():
-    e = pd.DataFrame({"source_layer": [0, 1, 1, 0], "source_feature": [1, 2, 2, 1], "condition": ["c", "c", "d", "c"],
-                      "scope": ["forced", "forced", "forced", "generated"], "target_layer": [1, 2, 2, 1],
-                      "target_feature": [2, 3, 4, 2], "delta_computed": [0.5, -0.3, 0.2, 0.4],
-                      "q_computed": [0.01, 0.02, 0.01, 0.03], "kind": "computed", "nonspecific": False})
-    signs = {("L1-2", "c"): 1.0, ("L1-2", "d"): 1.0}
+    e = pd.DataFrame({"source_layer": [0, 1, 1, 0, 2], "source_feature": [1, 2, 2, 1, 3],
+                      "condition": ["c", "c", "d", "c", "c"], "scope": ["forced", "forced", "forced", "generated", "forced"],
+                      "target_layer": [1, 2, 2, 1, 3], "target_feature": [2, 3, 4, 2, 5],
+                      "delta_computed": [0.5, -0.3, 0.2, 0.4, 0.7], "q_computed": [0.01, 0.02, 0.01, 0.03, 0.04],
+                      "kind": "computed", "nonspecific": False})
+    signs = {("L1-2", "c"): 1.0, ("L1-2", "d"): 1.0, ("L2-3", "c"): -1.0}
     c = chains(e, signs)
-    assert c["path"].tolist() == ["L0-1 -> L1-2 -> L2-3"] and c["scope"].tolist() == ["forced"]
-    assert (c["delta_ab"].iloc[0], c["delta_bc"].iloc[0]) == (0.5, -0.3)
+    assert c["path"].tolist() == ["L0-1 -> L1-2 -> L2-3", "L1-2 -> L2-3 -> L3-5", "L0-1 -> L1-2 -> L2-3 -> L3-5"]
+    assert c["hops"].tolist() == [2, 2, 3] and c["mids"].tolist() == ["L1-2", "L2-3", "L1-2|L2-3"]
+    assert (c["delta_first"].iloc[0], c["delta_last"].iloc[0]) == (0.5, -0.3)
+    assert (c["delta_first"].iloc[2], c["delta_last"].iloc[2]) == (0.5, 0.7)
+    assert chains(e, signs, max_hops=2)["hops"].max() == 2
     # A lowering B while B's own patch raised it: B's edge says nothing about A's effect through it
-    assert chains(e.assign(delta_computed=[-0.5, -0.3, 0.2, 0.4]), signs).empty
+    assert chains(e.assign(delta_computed=[-0.5, -0.3, 0.2, 0.4, 0.7]), signs)["path"].tolist() == [
+        "L1-2 -> L2-3 -> L3-5"]
     # a passthrough or nonspecific hop is no hop
-    assert chains(e.assign(kind=["passthrough", "computed", "computed", "computed"]), signs).empty
-    assert chains(e.assign(nonspecific=[False, True, False, False]), signs).empty
+    assert "L0-1" not in set(chains(e.assign(kind=["passthrough"] + ["computed"] * 4), signs)["a"])
+    assert chains(e.assign(nonspecific=[False, True, False, False, False]), signs).empty
 
 
 def test_patch_signs_from_the_trials():

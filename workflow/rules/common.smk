@@ -259,7 +259,10 @@ def behaviour_prompts():
 
 def behaviour_plan_inputs(wildcards=None):
     """The selection, and the screen's behaviour (the effect sizes the trials are planned from)."""
-    out = {"selected": "results/features/selected.tsv", "prompts": config["prompts"]["file"]}
+    out = {
+        "selected": "results/features/selected.tsv",
+        "prompts": config["prompts"]["file"],
+    }
     if config["screen"]["enabled"]:
         out["screen"] = "results/screen/behaviour.parquet"
     return out
@@ -289,7 +292,9 @@ def pathway_inputs(wildcards=None):
         "placebo": "results/qc/placebo.parquet",
         "plan": _plan().path,
         "sae_quality": "results/qc/sae_quality.tsv",
-        "patched_quality": [f"results/qc/patched_quality/{s}.tsv" for s in replay_shards()],
+        "patched_quality": [
+            f"results/qc/patched_quality/{s}.tsv" for s in replay_shards()
+        ],
         "effects": [f"results/effects/{f}.parquet" for f in selected_features()],
         "upstream": [
             f"results/effects/{f}.upstream.parquet" for f in selected_features()
@@ -297,13 +302,13 @@ def pathway_inputs(wildcards=None):
         "patched": [
             f"results/replay/patched/{s}/trials.parquet" for s in replay_shards()
         ],
-        "baseline": baseline_trials(replay_prompts()),
     }
 
 
 def mediate_inputs(wildcards=None):
     return {
         "chains": "results/pathways/chains.tsv",
+        "edges": "results/pathways/edges.parquet",
         "prompts": config["prompts"]["file"],
         "plan": checkpoints.select_prompts.get().output.plan,
         "selected": "results/features/selected.tsv",
@@ -328,6 +333,7 @@ def default_targets():
         + [
             "results/pathways/edges.parquet",
             "results/pathways/paths.tsv",
+            "results/pathways/layers.tsv",
             "results/behavior/effects.parquet",
             "results/qc/null.tsv",
             "results/qc/upstream.tsv",

@@ -84,6 +84,7 @@ rule mediate:
         unpack(mediate_inputs),
     output:
         paths="results/pathways/paths.tsv",
+        layers="results/pathways/layers.tsv",
     log:
         "results/logs/mediate.log",
     conda:
@@ -101,5 +102,6 @@ rule mediate:
         alpha=config["stats"]["alpha"],
         min_delta=config["stats"]["min_delta"],
         max_chains=config["stats"]["max_chains"],
+        max_mediators=config["stats"]["max_mediators"],
     script:
         "../scripts/mediate.py"

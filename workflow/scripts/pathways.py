@@ -19,7 +19,6 @@ def main(sm):
     # file by file; pass 2 in the rule's threads (forked processes)
     run = run_tables(sm.input.effects, sm.input.upstream, st["alpha"], st["min_delta"], workers=int(sm.threads or 1))
     patched = read_tables(sm.input.patched)
-    baseline = read_tables(sm.input.baseline)
     fidelity = patch_fidelity(patched)
     quality = patched_quality(read_tables(sm.input.patched_quality), read_table(sm.input.sae_quality),
                               sm.params.max_fvu_ratio)

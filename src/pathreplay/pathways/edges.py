@@ -13,7 +13,8 @@ from ..stats.multiple import bh_with_controls
 EDGE_KEY = ["source_layer", "source_feature", "condition", "target_layer", "target_feature"]
 
 
-CHAIN_COLUMNS = ["path", "scope", "condition", "a", "b", "c", "delta_ab", "q_ab", "delta_bc", "q_bc"]
+CHAIN_COLUMNS = ["path", "scope", "condition", "hops", "a", "mids", "c", "delta_first", "q_first", "delta_last",
+                 "q_last"]
 
 
 KINDS = ("computed", "passthrough", "total")  # what an edge is: see edges
@@ -89,25 +90,38 @@ def patch_signs(trials: pd.DataFrame) -> dict[tuple[str, str], float]:
     return {k: float(np.sign(v)) for k, v in move.items()}
 
 
-def chains(e: pd.DataFrame, signs: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """Chains A -> B -> C of headline edges (computed and specific) of one scope and one
-    condition, B a source itself, whose signs agree: A's computed change of B goes the way B's own
-    patch in that condition moved it, so B's edge to C predicts the sign of A's effect through B.
-    Each hop's delta and q are its computed part's. Candidates for mediation.mediate."""
+def chains(e: pd.DataFrame, signs: dict[tuple[str, str], float], max_hops: int = 3) -> pd.DataFrame:
+    """Chains A -> M ... -> C of 2 to max_hops headline edges (computed and specific) of one scope
+    and one condition, every intermediate M a source itself, whose signs agree: each hop into M
+    changes M the way M's own patch in that condition moved it, so M's own edge onward predicts
+    the sign of what comes through it. Each hop's delta and q are its computed part's; the chain
+    keeps its first and last. Candidates for mediation.mediate (`mids`: the intermediates, by |)."""
     e = e[headline(e)] if len(e) else e
     if e.empty:
         return pd.DataFrame(columns=CHAIN_COLUMNS)
-    e = e.assign(src=[feature_name(a, b) for a, b in zip(e["source_layer"], e["source_feature"])],
-                 dst=[feature_name(a, b) for a, b in zip(e["target_layer"], e["target_feature"])])
-    hop = e[["src", "dst", "scope", "condition", "delta_computed", "q_computed"]]
-    first = hop.merge(hop, left_on=["dst", "scope", "condition"], right_on=["src", "scope", "condition"],
-                      suffixes=("_ab", "_bc"))
-    first = first[first["src_ab"] != first["dst_bc"]]
-    keep = [np.sign(r.delta_computed_ab) == signs.get((r.dst_ab, r.condition), 0) for r in first.itertuples()]
-    first = first[np.array(keep, dtype=bool)] if len(first) else first
-    out = pd.DataFrame({"path": first["src_ab"] + " -> " + first["dst_ab"] + " -> " + first["dst_bc"],
-                        "scope": first["scope"], "condition": first["condition"], "a": first["src_ab"],
-                        "b": first["dst_ab"], "c": first["dst_bc"], "delta_ab": first["delta_computed_ab"],
-                        "q_ab": first["q_computed_ab"], "delta_bc": first["delta_computed_bc"],
-                        "q_bc": first["q_computed_bc"]})
-    return out.sort_values(["q_ab", "q_bc", "path"]).reset_index(drop=True)[CHAIN_COLUMNS]
+    hop = pd.DataFrame({"src": [feature_name(a, b) for a, b in zip(e["source_layer"], e["source_feature"])],
+                        "dst": [feature_name(a, b) for a, b in zip(e["target_layer"], e["target_feature"])],
+                        "scope": e["scope"].to_numpy(), "condition": e["condition"].to_numpy(),
+                        "delta": e["delta_computed"].to_numpy(), "q": e["q_computed"].to_numpy()})
+    agree = np.array([np.sign(d) == signs.get((dst, c), 0) for d, dst, c in zip(hop["delta"], hop["dst"],
+                                                                                   hop["condition"])], dtype=bool)
+    into = hop[agree]  # hops that may lead on: into a source, the way its own patch moves it
+    grow = into.rename(columns={"src": "a", "dst": "end", "delta": "delta_first", "q": "q_first"}).assign(
+        mids="", hops=1)
+    out = []
+    for hops in range(2, max_hops + 1):
+        nxt = grow.merge(hop, left_on=["end", "scope", "condition"], right_on=["src", "scope", "condition"])
+        nxt = nxt[(nxt["dst"] != nxt["a"]) & ~np.array([d in m.split("|") for d, m in zip(nxt["dst"], nxt["mids"])],
+                                                         dtype=bool)]
+        mids = np.where(nxt["mids"] == "", nxt["end"], nxt["mids"] + "|" + nxt["end"])
+        done = nxt.assign(mids=mids, c=nxt["dst"], hops=hops, delta_last=nxt["delta"], q_last=nxt["q"])
+        out.append(done)
+        keep = np.array([(d, c) in {(x, y) for x, y in zip(into["dst"], into["condition"])}
+                         for d, c in zip(done["dst"], done["condition"])], dtype=bool)
+        grow = done[keep][["a", "scope", "condition", "delta_first", "q_first", "mids"]].assign(
+            end=done.loc[keep, "dst"].to_numpy(), hops=hops)
+    c = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+    if c.empty:
+        return pd.DataFrame(columns=CHAIN_COLUMNS)
+    c = c.assign(path=c["a"] + " -> " + c["mids"].str.replace("|", " -> ", regex=False) + " -> " + c["c"])
+    return c.sort_values(["hops", "q_first", "q_last", "path"]).reset_index(drop=True)[CHAIN_COLUMNS]
