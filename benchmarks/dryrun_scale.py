@@ -86,7 +86,7 @@ def build(wd: Path, layers: int, features: int, prompts: int, shard_size: int) -
 
 
 def dry_run(wd: Path, profile: str | None = None) -> tuple[float, str]:
-    args = ["-s", str(ROOT / "Snakefile"), "--directory", str(wd), "--configfile", str(wd / "config.yaml"), "-n",
+    args = ["-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(wd), "--configfile", str(wd / "config.yaml"), "-n",
             "--quiet", "rules"]
     if profile:
         code = ("import cProfile, sys; from snakemake.cli import main; sys.argv = ['snakemake'] + sys.argv[1:]; "

@@ -41,7 +41,7 @@ CONFIG = {**SMALL, "device": "auto"}  # auto: GPU rules ask for a device slot, S
 
 def run_snakemake(wd: Path, *args: str, slurm: bool = True, timeout: int = 1500):
     (wd / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(wd),
            "--configfile", str(wd / "config.yaml")]
     cmd += ["--profile", str(PROFILE)] if slurm else ["--cores", "2"]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
@@ -99,7 +99,7 @@ def test_scancel_fails_only_its_shard_and_rerun_resubmits_it(runs, tmp_path):
     target = "results/replay/patched/s001/trials.parquet"
     rewind_to_shard(wd, "s001")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(wd),
          "--configfile", str(wd / "config.yaml"), "--profile", str(PROFILE), "--keep-going"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None

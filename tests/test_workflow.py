@@ -22,7 +22,7 @@ from pathreplay.words.settings import words_config
 from words_data import CUT, REAL_MAPPING, real_path
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile")]
 
 # The demo config, shrunk so the whole DAG runs in a couple of minutes on 2 CPUs.
 SMALL = {

@@ -12,7 +12,7 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-REPO = Path(workflow.basedir)
+REPO = Path(workflow.basedir).parent  # the Snakefile sits in workflow/
 
 try:
     from pathreplay.config import check_config, replay_estimate
