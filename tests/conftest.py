@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
+
+from workflow_run import SMALL, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -192,3 +195,14 @@ def make_planted(root: Path, k_ab: float = 0.1, k_bc: float = 0.1, k_ac: float =
 def planted(tmp_path_factory):
     """make_planted(), once per session."""
     return make_planted(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """A whole run of the demo DAG on the small config, shared by the workflow tests."""
+    wd = tmp_path_factory.mktemp("demo_run")
+    t0 = time.time()
+    r = snakemake(wd, "--cores", "2", config=SMALL)
+    assert r.returncode == 0, r.stderr[-4000:]
+    print(f"whole demo DAG (small config): {time.time() - t0:.0f} s")
+    return wd

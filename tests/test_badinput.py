@@ -17,11 +17,12 @@ from test_workflow import SMALL, snakemake
 pytestmark = pytest.mark.workflow
 
 
-def _model(tmp: Path, **edit) -> str:
-    """The demo model's config and tokenizer (no weights: none are read before a job), edited."""
+def _model(tmp: Path, tokenizer: bool = True, **edit) -> str:
+    """The demo model's config and (unless not `tokenizer`) its tokenizer (no weights: none are
+    read before a job), edited."""
     out = tmp / "model"
     out.mkdir()
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    for f in ("tokenizer.json", "tokenizer_config.json")[:2 if tokenizer else 0] + ("generation_config.json",):
         shutil.copy(DEMO / "model" / f, out / f)
     cfg = json.loads((DEMO / "model" / "config.json").read_text())
     cfg.update(edit)
@@ -150,16 +151,92 @@ def custom_code_not_trusted(tmp):
     return {"model": {"path": m}}, "set model.trust_remote_code: true if you trust its code"
 
 
+def _edit_weights(tmp: Path, edit) -> dict:
+    """The demo SAEs with layer 1's weights changed by edit(tensors) (in place)."""
+    saes = _saes(tmp)
+    t = load_file(_weights(saes))
+    edit(t)
+    save_file(t, str(_weights(saes)))
+    return {"saes": {"path": str(saes / "L{layer}R")}}
+
+
+def sae_neither_folder_nor_hub(tmp):
+    # no folder `elsewhere` here or in the repository: it may be a hub repo, which cannot be read offline
+    return ({"saes": {"path": "elsewhere/L{layer}R"}},
+            "'elsewhere/L0R' is neither a folder here nor a Hugging Face hub path that can be read offline")
+
+
+def model_neither_folder_nor_hub(tmp):
+    return {"model": {"path": "elsewhere/model"}}, "it is neither a folder here nor a hub id that can be read offline"
+
+
+def hyperparams_is_a_folder(tmp):
+    saes = _saes(tmp)
+    (saes / "L0R" / "hyperparams.json").unlink()
+    (saes / "L0R" / "hyperparams.json").mkdir()
+    return {"saes": {"path": str(saes / "L{layer}R")}}, "L0R/hyperparams.json: is a folder, not a file"
+
+
+def weights_are_a_folder(tmp):
+    saes = _saes(tmp)
+    _weights(saes).unlink()
+    _weights(saes).mkdir()
+    return {"saes": {"path": str(saes / "L{layer}R")}}, "final.safetensors: is a folder, not the weights file"
+
+
+def d_sae_past_the_weights(tmp):
+    saes = _saes(tmp)
+    hp = json.loads((saes / "L1R" / "hyperparams.json").read_text())
+    (saes / "L1R" / "hyperparams.json").write_text(json.dumps({**hp, "d_sae": 4096}))
+    return ({"saes": {"path": str(saes / "L{layer}R")}},
+            "encoder.weight has shape [1024, 128] but hyperparams.json says d_sae 4096, d_model 128")
+
+
+def int8_weights(tmp):
+    def to_int8(t):
+        t["encoder.weight"] = t["encoder.weight"].to(torch.int8)
+    return _edit_weights(tmp, to_int8), "encoder.weight is stored as int8, not floating point"
+
+
+def transposed_encoder(tmp):
+    def transpose(t):
+        t["encoder.weight"] = t["encoder.weight"].T.contiguous()
+    return _edit_weights(tmp, transpose), "encoder.weight is stored transposed: [128, 1024] where hyperparams.json"
+
+
+def no_tokenizer_files(tmp):
+    return {"model": {"path": _model(tmp, tokenizer=False)}}, "the folder has no tokenizer files"
+
+
+def broken_tokenizer(tmp):
+    m = _model(tmp)
+    (Path(m) / "tokenizer.json").write_text("{oops")
+    return {"model": {"path": m}}, "cannot load its tokenizer as a local folder (JSONDecodeError"
+
+
+def vocab_smaller_than_the_tokenizer(tmp):
+    return ({"model": {"path": _model(tmp, vocab_size=100)}},
+            "its tokenizer has 554 tokens but the model's embedding has 100 rows (config.json vocab_size)")
+
+
+def feature_table_is_a_folder(tmp):
+    (tmp / "t.csv").mkdir()
+    return {"features": {"table": str(tmp / "t.csv")}, "screen": {"enabled": False}}, "is a folder, not a feature table"
+
+
 CASES = [no_config, blocks_not_found, sae_past_the_model, sae_width_not_the_model, nan_weights, truncated_weights,
          no_d_model, odd_placeholder, relative_typo, inf_value, feature_past_the_sae, empty_selection,
-         non_utf8_prompts, null_context, cuda_without_gpu, custom_code_not_trusted]
+         non_utf8_prompts, null_context, cuda_without_gpu, custom_code_not_trusted,
+         sae_neither_folder_nor_hub, model_neither_folder_nor_hub, hyperparams_is_a_folder, weights_are_a_folder,
+         d_sae_past_the_weights, int8_weights, transposed_encoder, no_tokenizer_files, broken_tokenizer,
+         vocab_smaller_than_the_tokenizer, feature_table_is_a_folder]
 
 
 def _refused(tmp_path: Path, change: dict, says: str) -> None:
     wd = tmp_path / "wd"
     wd.mkdir()
     cfg = {**SMALL, **{k: {**SMALL.get(k, {}), **v} if isinstance(v, dict) else v for k, v in change.items()}}
-    r = snakemake(wd, "-n", config=cfg)
+    r = snakemake(wd, "-n", config=cfg, env={"HF_HUB_OFFLINE": "1"})  # a hub path is never fetched here
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("pathreplay: error:")]
     assert r.returncode != 0 and len(errors) == 1, r.stderr[-3000:]
     assert says in errors[0], errors[0]

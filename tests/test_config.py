@@ -52,3 +52,45 @@ def test_feature_table_checked_against_saes(tmp_path):
     cfg["features"]["table"] = str(table)
     with pytest.raises(UserError, match=r"t.csv.*row 1.*5000"):
         check_config(cfg, ROOT)
+
+
+@pytest.mark.parametrize("target, where", [
+    ("pathreplay.config.read_prompts", r"prompts.file='.*prompts.jsonl'"),
+    ("pathreplay.config.sae_metas", r"saes.path='.*L\{layer\}R'"),
+    ("pathreplay.config.check_model", r"model.path='.*model'"),
+])
+def test_an_error_no_reader_named_is_still_one_line_naming_the_check(monkeypatch, target, where):
+    def broken(*a, **k):
+        raise KeyError("inner detail")
+
+    monkeypatch.setattr(target, broken)
+    with pytest.raises(UserError, match=rf"^{where}: the start-of-run checks failed on it \(KeyError: 'inner "
+                       r"detail'\); check the files it names; if they are right, report this line as a "
+                       r"pathreplay bug$"):
+        check_config(copy.deepcopy(BASE), ROOT)
+
+
+def test_sae_weights_are_checked_against_their_metadata_before_any_job(tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(DEMO / "saes", tmp_path / "saes")
+    hp = tmp_path / "saes" / "L2R" / "hyperparams.json"
+    hp.write_text(json.dumps({**json.loads(hp.read_text()), "d_sae": 4096}))
+    cfg = copy.deepcopy(BASE)
+    cfg["saes"]["path"] = str(tmp_path / "saes" / "L{layer}R")
+    with pytest.raises(UserError, match=r"L2R/checkpoints/final.safetensors: encoder.weight has shape \[1024, 128\] "
+                       r"but hyperparams.json says d_sae 4096"):
+        check_config(cfg, ROOT)
+
+
+@pytest.mark.parametrize("text", ["{oops", "[1, 2]"])
+def test_a_broken_weights_cache_is_read_as_empty(tmp_path, text):
+    from pathreplay.config import check_weights, sae_metas
+
+    cache = tmp_path / "w.json"
+    cache.write_text(text)
+    cfg = copy.deepcopy(BASE)
+    cfg["saes"]["path"] = str(DEMO / "saes" / "L{layer}R")
+    check_weights(sae_metas(cfg).values(), cache)
+    assert len(yaml.safe_load(cache.read_text())) == 4  # the four demo layers passed and are remembered

@@ -160,3 +160,20 @@ def test_cache_argument_name_follows_the_model_signature():
         def forward(self, input_ids=None, past_key_values=None, **kw): ...
 
     assert cache_arg(New()) == "cache" and cache_arg(Old()) == "past_key_values"
+
+
+def test_the_cuda_default_follows_the_gpu_record(monkeypatch):
+    # benchmarks/README.md says what a GPU has run; on CUDA the engine turns on nothing more
+    import re
+
+    from conftest import ROOT
+    from pathreplay.runtime.engine import GPU_VERIFIED, OPT_IN, gpu_default
+
+    line = re.search(r"^gpu-verified: (.*?) \(", (ROOT / "benchmarks" / "README.md").read_text(), re.M).group(1)
+    record = {k: v == "true" for k, v in (kv.split("=") for kv in line.split(", "))}
+    assert record == GPU_VERIFIED
+    monkeypatch.delenv(OPT_IN, raising=False)
+    for path, verified in GPU_VERIFIED.items():
+        assert gpu_default(path, "cpu") and gpu_default(path, "cuda") == verified
+    monkeypatch.setenv(OPT_IN, "1")
+    assert all(gpu_default(path, "cuda") for path in GPU_VERIFIED)

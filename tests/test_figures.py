@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pathreplay.report.figures import graph_edges, html_table, pathway_graph, report_figures, top_edges
+from pathreplay.report.figures import html_table, pathway_graph, report_figures, top_edges
+from pathreplay.report.graph import graph_edges
 
 
 def edge(src: tuple[int, int], dst: tuple[int, int], delta: float, scope: str = "forced",
@@ -56,7 +58,8 @@ def test_figures_are_written_when_nothing_passed(tmp_path) -> None:
     behaviour = pd.DataFrame({"feature": ["L3-9"], "prompt_id": ["p"], "condition": ["c"], "context": ["safe"],
                               "stop_rate": [0.5], "stop_rate_lo": [0.2], "stop_rate_hi": [0.8],
                               "stop_rate_baseline": [0.4], "stop_rate_baseline_lo": [0.1],
-                              "stop_rate_baseline_hi": [0.7], "valid_rate": [1.0], "valid_rate_baseline": [1.0]})
+                              "stop_rate_baseline_hi": [0.7], "valid_rate": [1.0], "valid_rate_baseline": [1.0],
+                              "q_stop": [0.2], "q_vs_random": [np.nan], "n_trials": [40]})
     report_figures(EMPTY, PATHS.iloc[:0], behaviour, ["L3-9"], tmp_path, rate="stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["L3-9.decisions.svg", "L3-9.edges.html",
                                                           "L3-9.graph.svg"]
@@ -97,3 +100,34 @@ def test_the_graph_draws_only_computed_specific_edges() -> None:
                          nonspecific=[False, False, False, False, True, False])
     e, left = graph_edges(mixed)
     assert left == 0 and sorted(zip(e["src"], e["dst"])) == [("L0-1", "L1-2"), ("L0-1", "L2-4"), ("L1-7", "L2-5")]
+
+
+def _labels(svg: str) -> tuple[list[tuple[float, float, float, float, str]], float, float]:
+    """Every text of an SVG that matplotlib wrote with its text kept (svg.fonttype none) as a box
+    (x0, y0, x1, y1, text), from its anchor, its font size and its length, and the canvas size."""
+    import re
+
+    w, h = (float(x) for x in re.search(r'<svg[^>]*width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+    boxes = []
+    for m in re.finditer(r'<text[^>]*?style="([^"]*)"[^>]*?x="([\d.-]+)" y="([\d.-]+)"[^>]*>([^<]*)</text>', svg):
+        style, x, y, text = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+        size = float(re.search(r"font-size: ([\d.]+)px|font: ([\d.]+)px", style).group(1) or 0) if "font" in style else 10
+        anchor = re.search(r"text-anchor: (\w+)", style)
+        width = 0.6 * size * len(text)
+        x0 = {"middle": x - width / 2, "end": x - width}.get(anchor.group(1) if anchor else "start", x)
+        boxes.append((x0, y - 0.8 * size, x0 + width, y + 0.2 * size, text))
+    return boxes, w, h
+
+
+def test_the_graphs_labels_never_overlap_and_never_leave_the_canvas(tmp_path) -> None:
+    # a crowded layer: 30 targets of one source at layer 2, 12 at layer 3, every one named
+    rows = [edge((0, 1), (2, t), 0.1 + t / 100) for t in range(30)] + [edge((0, 1), (3, t), -0.2) for t in range(12)]
+    pathway_graph(pd.DataFrame(rows), PATHS.iloc[:0], tmp_path / "g.svg")
+    boxes, w, h = _labels((tmp_path / "g.svg").read_text())
+    names = [b for b in boxes if b[4].startswith("L2-") or b[4].startswith("L3-")]
+    assert len(names) >= 42  # every drawn node named (the column titles L2, L3 too)
+    for x0, y0, x1, y1, text in boxes:
+        assert 0 <= x0 and x1 <= w and 0 <= y0 and y1 <= h, (text, x0, x1, w)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)

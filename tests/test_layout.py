@@ -13,7 +13,7 @@ from conftest import ROOT
 PKG = ROOT / "src" / "pathreplay"
 # The units in import order: each may import only units before it (the base first, the study last).
 LAYERS = ["errors", "io", "features", "schema", "gpu", "stats", "sae", "task", "runtime", "replay", "effects",
-          "behaviour", "pathways", "report", "words", "config", "workflow", "study"]
+          "behaviour", "pathways", "attribution", "report", "words", "config", "workflow", "study"]
 
 
 def module_name(path: Path, root: Path = PKG) -> str:

@@ -40,7 +40,8 @@ def test_prompt_longer_than_context_refused_before_gpu_work():
     with pytest.raises(UserError, match=r"prompt 'long' has \d+ tokens; .* context of 512.*shorten"):
         check_prompt_lengths([long], "p.jsonl", str(DEMO / "model"), 12)
     check_prompt_lengths([Prompt("ok", "Choice: ", "safe")], "p.jsonl", str(DEMO / "model"), 12)
-    with pytest.raises(UserError, match=r"model.path='.*nowhere'.*cannot read its tokenizer"):
+    with pytest.raises(UserError, match=r"model.path='.*nowhere'.*cannot load its tokenizer as a folder, "
+                       r"which does not exist"):
         check_prompt_lengths([Prompt("ok", "x", "safe")], "p.jsonl", str(DEMO / "nowhere"), 12)
 
 
@@ -50,3 +51,52 @@ def test_a_config_transformers_cannot_build_is_one_line(tmp_path, edit):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match=r"cannot be built from its config \(.+\); use a causal LM"):
         check_model(str(tmp_path), [0], 128)
+
+
+def _model_folder(tmp_path, tokenizer=True, **edit):
+    out = tmp_path / "m"
+    out.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json")[:2 if tokenizer else 0]:
+        (out / f).write_bytes((DEMO / "model" / f).read_bytes())
+    cfg = {**json.loads((DEMO / "model" / "config.json").read_text()), **edit}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+def test_tokenizer_missing_broken_or_past_the_vocabulary_is_one_line(tmp_path):
+    ok = [Prompt("ok", "Choice: ", "safe")]
+    with pytest.raises(UserError, match=r"model.path='.*/m': the folder has no tokenizer files \(none of tokenizer"):
+        check_prompt_lengths(ok, "p.jsonl", _model_folder(tmp_path, tokenizer=False), 12)
+    (tmp_path / "m" / "tokenizer.json").write_text("{oops")
+    with pytest.raises(UserError, match=r"cannot load its tokenizer as a local folder \(JSONDecodeError: "):
+        check_prompt_lengths(ok, "p.jsonl", str(tmp_path / "m"), 12)
+    (tmp_path / "v").mkdir()
+    small = _model_folder(tmp_path / "v", vocab_size=100)
+    with pytest.raises(UserError, match=r"its tokenizer has 554 tokens but the model's embedding has 100 rows "
+                       r"\(config.json vocab_size\): ids past them cannot be looked up; use the tokenizer"):
+        check_prompt_lengths(ok, "p.jsonl", small, 12)
+
+
+def test_a_model_whose_embedding_is_smaller_than_its_tokenizer_is_refused_when_loaded(tmp_path):
+    from conftest import make_tiny_lm
+    from pathreplay.runtime.model import load_model
+
+    model, tok = make_tiny_lm()  # a copy: the session's tiny_lm is shared
+    model.resize_token_embeddings(len(tok) - 8)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=rf"its tokenizer has {len(tok)} tokens but the model's embedding has "
+                       rf"{len(tok) - 8} rows \(its weights\)"):
+        load_model(str(tmp_path), device="cpu")
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match=r"the folder has no tokenizer files"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_a_relative_model_path_that_is_no_folder_says_both(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"model.path='elsewhere/model': cannot read its config as a hub id: it is "
+                       r"neither a folder here nor a hub id that can be read offline"):
+        check_model("elsewhere/model", [0], 128)

@@ -40,14 +40,14 @@ def _selected(names):
                          "risky_value": 8.0}).set_index("feature")
 
 
-def replay_and_encode(planted, tmp, names, s):
-    """Baselines and the patched shard of `names` replayed, written and encoded: (trials,
-    baseline, codes, read-through codes, selected)."""
+def replay_and_encode(planted, tmp, names, s, placebo=True):
+    """Baselines (with their placebo re-split unless not `placebo`) and the patched shard of
+    `names` replayed, written and encoded: (trials, baseline, codes, read-through codes, selected)."""
     model, tok, saes = planted.model, planted.tok, planted.saes
     files = {b: [] for b in LAYERS}
     baseline = []
     for q in PROMPTS:
-        res = run_baseline(model, tok, q, 8, SEED, s, placebo=True)
+        res = run_baseline(model, tok, q, 8, SEED, s, placebo=placebo)
         paths = [str(tmp / "baseline" / q.id / f"L{b}.safetensors") for b in LAYERS]
         write_result(res, LAYERS, paths, str(tmp / "baseline" / q.id / "trials.parquet"))
         baseline.append(res.trials.assign(part=f"baseline/{q.id}"))

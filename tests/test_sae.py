@@ -89,6 +89,12 @@ def test_feature_slice_reads_only_its_row(llamascope, monkeypatch):
                     t = sl[idx]
                     shapes.append((name, tuple(t.shape)))
                     return t
+
+                def get_shape(_):  # the header's shapes and dtypes are checked, no values read
+                    return sl.get_shape()
+
+                def get_dtype(_):
+                    return sl.get_dtype()
             return S()
 
     monkeypatch.setattr("pathreplay.sae.files.safe_open", Spy)
@@ -270,3 +276,95 @@ def test_a_jumprelu_threshold_below_zero_still_gates_a_relu(tmp_path):
                            architecture="jumprelu", threshold=[-0.5, 0.3], apply_b_dec=False)
     f = load_sae(folder, "saelens", 0).encode(torch.tensor([[-0.2], [0.2], [0.5]]))
     assert torch.allclose(f, torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.5, 0.5]]))
+
+
+def _edit_weights(folder, name, edit):
+    from safetensors.torch import load_file, save_file
+
+    f = folder / name
+    t = load_file(f)
+    edit(t)
+    save_file(t, str(f))
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda t: t.update({"encoder.weight": t["encoder.weight"].T.contiguous()}),
+     r"encoder.weight is stored transposed: \[2, 3\] where hyperparams.json says d_sae 3, d_model 2, which "
+     r"needs \[3, 2\]; save it in the release's layout"),
+    (lambda t: t.update({"decoder.weight": t["decoder.weight"][:, :2].contiguous()}),
+     r"decoder.weight has shape \[2, 2\] but hyperparams.json says d_sae 3, d_model 2, which needs \[2, 3\]"),
+    (lambda t: t.update({"encoder.weight": t["encoder.weight"].to(torch.int8)}),
+     r"encoder.weight is stored as int8, not floating point; .*dequantize"),
+    (lambda t: t.pop("encoder.bias"), r"tensor 'encoder.bias' missing from the weights"),
+])
+def test_weights_that_disagree_with_their_metadata_are_named(llamascope, edit, says):
+    _edit_weights(llamascope, "checkpoints/final.safetensors", edit)
+    with pytest.raises(UserError, match=r"final.safetensors: " + says):  # the jobs' loaders
+        load_feature(llamascope, "llamascope", 5, 1)
+    with pytest.raises(UserError, match=says):
+        load_sae(llamascope, "llamascope", 5)
+    from pathreplay.sae.files import check_tensors
+
+    with pytest.raises(UserError, match=says):  # the start-of-run check: the header alone
+        check_tensors(read_meta(llamascope, "llamascope", 5))
+
+
+def test_metadata_wider_than_the_weights_is_named(llamascope):
+    from pathreplay.sae.files import check_tensors
+
+    hp = json.loads((llamascope / "hyperparams.json").read_text())
+    (llamascope / "hyperparams.json").write_text(json.dumps({**hp, "d_sae": 8}))
+    with pytest.raises(UserError, match=r"encoder.weight has shape \[3, 2\] but hyperparams.json says d_sae 8"):
+        check_tensors(read_meta(llamascope, "llamascope", 5))
+
+
+def test_half_precision_weights_pass_the_header_check(llamascope):
+    from pathreplay.sae.files import check_tensors
+
+    _edit_weights(llamascope, "checkpoints/final.safetensors",
+                  lambda t: t.update({k: v.to(torch.bfloat16 if "enc" in k else torch.float16) for k, v in t.items()}))
+    check_tensors(read_meta(llamascope, "llamascope", 5))
+    assert load_sae(llamascope, "llamascope", 5).W.dtype == torch.float32
+
+
+def test_saelens_and_gemmascope_shapes_and_dtypes_are_checked(tmp_path):
+    from pathreplay.sae.files import check_tensors
+
+    W_enc, W_dec = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]  # d_model 2, d_sae 3
+    s = write_saelens(tmp_path / "s", W_enc, [0.0] * 3, W_dec, [0.0, 0.0], block=0, architecture="standard")
+    _edit_weights(s, "sae_weights.safetensors", lambda t: t.update({"W_dec": t["W_dec"].T.contiguous()}))
+    with pytest.raises(UserError, match=r"W_dec is stored transposed: \[2, 3\] where cfg.json says d_sae 3"):
+        check_tensors(read_meta(s, "saelens", 0))
+    g = tmp_path / "g"
+    g.mkdir()
+    np.savez(g / "params.npz", W_enc=np.array(W_enc, np.float32), b_enc=np.zeros(3, np.float32),
+             threshold=np.zeros(3, np.int8), W_dec=np.array(W_dec, np.float32), b_dec=np.zeros(2, np.float32))
+    with pytest.raises(UserError, match=r"params.npz: threshold is stored as int8, not floating point"):
+        check_tensors(read_meta(g, "gemmascope", 0))
+    np.savez(g / "params.npz", W_enc=np.array(W_enc, np.float32), b_enc=np.zeros(3, np.float32),
+             threshold=np.zeros(3, np.float32), W_dec=np.array(W_enc, np.float32), b_dec=np.zeros(2, np.float32))
+    with pytest.raises(UserError, match=r"W_dec is stored transposed: \[2, 3\] where W_enc's shape says d_sae 3"):
+        load_sae(g, "gemmascope", 0)
+
+
+def test_a_path_that_is_no_folder_here_says_both_possibilities(tmp_path, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from pathreplay.sae.files import sae_dir
+
+    def offline(*a, **k):
+        raise LocalEntryNotFoundError("Cannot find an appropriate cached snapshot folder")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"^saes.path='saes/L\{layer\}R': 'saes/L3R' is neither a folder here nor a "
+                       r"Hugging Face hub path that can be read offline \(LocalEntryNotFoundError: Cannot find"):
+        sae_dir("saes/L{layer}R", 3)
+
+
+def test_sae_files_that_are_folders_are_one_line(llamascope):
+    (llamascope / "hyperparams.json").unlink()
+    (llamascope / "hyperparams.json").mkdir()
+    with pytest.raises(UserError, match=r"L5R/hyperparams.json: is a folder, not a file"):
+        read_meta(llamascope, "llamascope", 5)

@@ -192,7 +192,7 @@ def test_broken_logs_are_one_line(tmp_path: Path) -> None:
     good = "".join(f'{{"feature": "L1-2", "condition": "x", "response": "word {i}"}}\n' for i in range(2000))
     gz = tmp_path / "a.jsonl.gz"
     gz.write_bytes(gzip.compress(good.encode())[:300])
-    with pytest.raises(UserError, match=r"a.jsonl.gz: cannot be read to its end .*truncated"):
+    with pytest.raises(UserError, match=r"a.jsonl.gz: cannot be read to its end: its gzip data is truncated"):
         run_shard([str(gz)], words_config({}), CUT)
     bad = tmp_path / "b.jsonl"
     bad.write_bytes(b'{"feature": "L1-2", "condition": "x", "response": "caf\xe9"}\n')

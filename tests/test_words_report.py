@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from pathreplay.errors import UserError
 from pathreplay.words.effects import EFFECT_COLUMNS, empty_effects, run_shard
 from pathreplay.words.report import causal_json, merge_shards, top_features
 from pathreplay.words.settings import ORIGINAL_CONTRASTS, words_config
@@ -59,11 +61,14 @@ def test_merge_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert not list(out.rglob("*.partial"))
 
 
-def test_empty_shards_merge_to_empty_outputs(tmp_path: Path) -> None:
-    cfg = words_config({})
+def test_empty_shards_merge_to_empty_outputs_only_when_allowed(tmp_path: Path) -> None:
     f = tmp_path / "s.parquet"
     empty_effects().to_parquet(f)
-    e = merge_shards([str(f)], cfg, str(tmp_path / "e.parquet"), str(tmp_path / "e.json"), str(tmp_path / "v"))
+    outs = [str(tmp_path / "e.parquet"), str(tmp_path / "e.json"), str(tmp_path / "v")]
+    with pytest.raises(UserError, match=r"^config words: no word was tested in any shard.*words\.allow_empty: true"):
+        merge_shards([str(f)], words_config({}), *outs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet"]  # nothing written, no partial left
+    e = merge_shards([str(f)], words_config({"allow_empty": True}), *outs)
     assert e.empty and json.loads((tmp_path / "e.json").read_text()) == []
     assert (tmp_path / "v").is_dir()
 

@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,50 +19,9 @@ from conftest import ROOT
 from pathreplay.words.effects import run_shard
 from pathreplay.words.settings import words_config
 from words_data import CUT, REAL_MAPPING, real_path
+from workflow_run import SMALL, SNAKEMAKE, job_counts, snakemake  # noqa: F401 - other tests import them from here
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile")]
-
-# The demo config, shrunk so the whole DAG runs in a couple of minutes on 2 CPUs.
-SMALL = {
-    "exp1": {"games": 120, "max_rounds": 20, "batch_size": 120},
-    "screen": {"top_n": 8, "trials": 16},
-    "select": {"top_n": 4, "shard_size": 2, "labels": []},
-    "stats": {"max_chains": 10},
-    "prompts": {"per_feature": 3},
-    "replay": {"trials": 6, "max_new_tokens": 8},
-}
-
-
-def snakemake(workdir: Path, *args: str, config: dict | None = None, env: dict | None = None,
-              timeout: int = 1200) -> subprocess.CompletedProcess:
-    cmd = SNAKEMAKE + ["--directory", str(workdir)]
-    if config is not None:
-        cfg = workdir / "config.yaml"
-        cfg.write_text(yaml.safe_dump(config))
-        cmd += ["--configfile", str(cfg)]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-def job_counts(out: str) -> dict[str, int]:
-    """Snakemake's job stats table: rule -> count."""
-    counts = {}
-    for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", out, re.M):
-        counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("demo_run")
-    t0 = time.time()
-    r = snakemake(wd, "--cores", "2", config=SMALL)
-    assert r.returncode == 0, r.stderr[-4000:]
-    print(f"whole demo DAG (small config): {time.time() - t0:.0f} s")
-    return wd
-
-
 def test_dry_run_lists_jobs_and_capture_bytes(tmp_path):
     r = snakemake(tmp_path, "-n", config=SMALL)
     assert r.returncode == 0, r.stderr
@@ -115,12 +73,18 @@ def test_whole_dag_outputs(run):
     assert (edges["q_value"] < 0.05).all() and (edges["delta"].abs() > 0.05).all()
     assert (edges["target_layer"] > edges["source_layer"]).all()
     assert set(edges["scope"]) <= {"prompt_last", "generated", "forced"} and edges["delta_forced"].notna().any()
+    assert {"delta_passthrough", "delta_computed", "kind", "general", "dose_realized", "off_distribution"} <= set(
+        edges.columns)
+    split = edges["delta_passthrough"] + edges["delta_computed"] - edges["delta"]
+    assert (split.abs() <= 1e-5 * edges["delta"].abs().clip(lower=1)).all()  # the split adds up
     beh = pd.read_parquet(run / "results/behavior/effects.parquet")
     real = ["risky_value", "20*risky_value"]
-    assert set(beh["condition"]) == {*real, *(f"random:{c}" for c in real), "sham"}
-    sham = beh[beh["condition"] == "sham"]
-    assert (sham["delta_valid"] == 0).all() and (sham["p_stop"] == 1).all()  # the sham's trials are the baseline's
+    assert set(beh["condition"]) == {*real, *(f"random:{c}" for c in real)}  # the powered replay: no sham
+    assert set(beh["prompt_id"]) == {"exp2_safe", "exp2_risky"} and (beh["n_trials"] >= 40).all()
     assert beh["stop_rate"].dropna().between(0, 1).all() and beh["valid_rate"].between(0, 1).all()
+    assert beh.loc[beh["condition"].isin(real), "p_vs_random"].notna().all()
+    gates = pd.read_csv(run / "results/qc/gates.tsv", sep="\t")
+    assert gates["passed"].all() and set(gates["gate"]) == {"sae_fvu", "sae_dead", "valid_answers"}
     fid = pd.read_csv(run / "results/qc/patch_fidelity.tsv", sep="\t")
     assert {"pre_before", "dh", "dh_rel"} <= set(fid.columns)
     assert (fid.loc[fid["condition"] == "sham", "dh"] == 0).all()
@@ -128,7 +92,9 @@ def test_whole_dag_outputs(run):
     q = pd.read_csv(run / "results/qc/sae_quality.tsv", sep="\t")
     assert list(q["layer"]) == [0, 1, 2, 3] and (q["fvu"] < 0.3).all() and (q["fp16_positions"] > 0).all()
     paths = pd.read_csv(run / "results/pathways/paths.tsv", sep="\t")
-    assert list(paths.columns[:3]) == ["path", "scope", "condition"]
+    assert list(paths.columns[:5]) == ["path", "scope", "condition", "hops", "mediator"]
+    layers = pd.read_csv(run / "results/pathways/layers.tsv", sep="\t")
+    assert list(layers.columns[:5]) == ["source", "condition", "target", "layer", "mediators"]
     assert not list((run / "results").rglob("*.partial"))
 
 
@@ -137,9 +103,9 @@ def test_controls_sham_exact_placebo_calibrated(run):
     assert set(null["contrast"]) == {"real", "sham", "placebo", "random"}
     assert (null.loc[null["contrast"] == "sham", "tests"] == 0).all()  # every difference exactly 0
     plac = null[null["contrast"] == "placebo"]
-    assert len(plac) == 4 * 2  # every source, prompt_last and generated
-    for _, g in plac.groupby("scope"):
-        assert (g["discoveries_within_source"] > 0).mean() <= 2 * 0.05 + 1e-9
+    assert len(plac) == 2 * 2 and (plac["splits"] == 20).all()  # prompt_last and generated, trial and prompt level
+    gen = plac[plac["scope"] == "generated"].set_index("level")
+    assert gen.loc["trials", "p_below_alpha"] <= 1.5 * 0.05 and gen.loc["trials", "tests"] > 0
     up = pd.read_csv(run / "results/qc/upstream.tsv", sep="\t")
     assert (up.loc[up["scope"] == "forced", "differing"] == 0).all() and len(up)
 
@@ -333,8 +299,9 @@ HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 
 @pytest.mark.browser
 def test_report_renders_in_a_browser(run, tmp_path):
-    """`snakemake --report` after the run; Debian's Chromium renders it: the page is not blank, and
-    the pathway graph, the sources' figures and the checks' tables are in it."""
+    """`snakemake --report` after the run; Debian's Chromium renders it: the page is not blank, its
+    first page opens with the findings, and the pathway graph, the sources' figures and the
+    checks' tables are in it. With PATHREPLAY_DOCS=1 the screenshot becomes docs/report.png."""
     if not CHROMIUM:
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     from matplotlib.image import imread
@@ -351,6 +318,43 @@ def test_report_renders_in_a_browser(run, tmp_path):
     img = imread(shot)
     assert img.shape[:2] == (1000, 1400) and img.std() > 0.05  # not a blank page
     assert len({tuple(px) for px in img[::10, ::10, :3].reshape(-1, 3).round(2)}) > 30
-    for shown in ("pathreplay traces how one sparse-autoencoder", "1. Pathways", "2. Sources", "4. Checks",
-                  "pathways.svg", "graph.svg", "decisions.svg", "controls.html", "sae_quality.html"):
+    for shown in ("What this run found", "edges at", "computed and specific", "mediation", "behaviour (stop rate)",
+                  "quality gates", "placebo (trials level)", "random control", "1. Pathways", "2. Sources",
+                  "3. Checks", "pathways.svg", "pathways.html", "graph.svg", "decisions.svg", "controls.html",
+                  "gates.html", "sae_quality.html"):
         assert shown in dom, shown
+    assert dom.index("What this run found") < dom.index("How to read it")  # the findings first
+    if os.environ.get("PATHREPLAY_DOCS"):
+        shutil.copy(shot, ROOT / "docs" / "report.png")
+
+
+def test_the_graph_to_explore_works_in_a_browser(run):
+    """The interactive graph in Chromium, after its scripts ran: every node named, the hover data
+    of every edge there, the nodes' pages formed from features.links."""
+    if not CHROMIUM:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    page_html = run / "results" / "report" / "pathways.html"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=HEADLESS)
+        try:
+            page = browser.new_page()
+            page.goto(page_html.as_uri())
+            page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+            got = page.evaluate("""() => {
+                const doc = Bokeh.documents[0];
+                const nodes = doc.get_model_by_name('nodes').data, edges = doc.get_model_by_name('edges').data;
+                const tips = [...doc.all_models].filter(m => m.type === 'HoverTool' || (m.constructor &&
+                    m.constructor.__name__ === 'HoverTool')).map(m => JSON.stringify(m.tooltips));
+                return {names: Array.from(nodes.name), links: Array.from(nodes.link), layers: Array.from(nodes.layer),
+                        delta: Array.from(edges.delta), q: Array.from(edges.q), kind: Array.from(edges.kind),
+                        dose: Array.from(edges.dose), tips: tips};
+            }""")
+        finally:
+            browser.close()
+    assert got["names"] and all(re.fullmatch(r"L\d+-\d+", n) for n in got["names"])
+    assert all(link == f"https://example.org/demo/{n.split('-')[0][1:]}/{n.split('-')[1]}"
+               for n, link in zip(got["names"], got["links"]))
+    assert got["delta"] and len(got["delta"]) == len(got["q"]) == len(got["kind"]) == len(got["dose"])
+    assert set(got["kind"]) == {"computed"}
+    assert any("delta_computed" in t and "q_computed" in t for t in got["tips"]), got["tips"]

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from .errors import fail
+from .errors import UserError, fail, first_line
 from .features import read_feature_table, validate_feature_table
 from .io import write_json
 from .replay.plan import CaptureSpec, capture_bytes, parse_conditions, select_or_fail
 from .replay.prompts import Prompt, read_prompts
 from .runtime.model import check_model, check_prompt_lengths
 from .sae.exact import SAESource
-from .sae.files import SAEMeta, nonfinite_weights, weights_file
+from .sae.files import SAEMeta, check_tensors, nonfinite_weights, weights_file
 from .task import check_task, load_task
 
 
@@ -34,16 +35,21 @@ def resolve(path: str, repo: Path) -> str:
 
 
 def sae_metas(config: Mapping[str, Any]) -> dict[int, SAEMeta]:
-    """Metadata of every configured SAE layer, each checked against its own hook point."""
+    """Metadata of every configured SAE layer, each checked against its own hook point and
+    against its weights' shapes and dtypes (their file's header)."""
     s = config["saes"]
     source = SAESource(s["path"], s["format"])
-    return {layer: source.meta(layer) for layer in s["layers"]}
+    metas = {layer: source.meta(layer) for layer in s["layers"]}
+    for meta in metas.values():
+        check_tensors(meta)
+    return metas
 
 
 def check_weights(metas: Iterable[SAEMeta], cache: Path | None = None) -> None:
     """Refuse an SAE whose weights are not all finite (or cannot be read whole). Each file is
-    read once: `cache` (a JSON file) remembers the files that passed by their size and mtime."""
-    seen = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    read once: `cache` (a JSON file) remembers the files that passed by their size and mtime; a
+    cache that cannot be read is taken as empty."""
+    seen = _read_cache(cache)
     passed = dict(seen)
     try:
         for meta in metas:
@@ -62,6 +68,16 @@ def check_weights(metas: Iterable[SAEMeta], cache: Path | None = None) -> None:
             write_json(passed, cache)
 
 
+def _read_cache(cache: Path | None) -> dict[str, Any]:
+    """The weights cache's {file: [size, mtime]}; {} when absent, unreadable or not such a map
+    (it is only ever a shortcut: the files are read again)."""
+    try:
+        seen = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
 class Checked(NamedTuple):
     """What the start's checks read, for the capture estimate: the SAEs' metadata and the prompts."""
 
@@ -69,63 +85,109 @@ class Checked(NamedTuple):
     prompts: list[Prompt]
 
 
+@contextmanager
+def _checking(what: str) -> Iterator[None]:
+    """Run one start-of-run check; an exception that its readers did not turn into a UserError
+    becomes one naming `what` (the last line of defence: each reader names its own errors)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a reader let through is still one line
+        fail(what, f"the start-of-run checks failed on it ({type(e).__name__}: {first_line(e)})",
+             "check the files it names; if they are right, report this line as a pathreplay bug")
+
+
+def resolve_paths(config: dict[str, Any], repo: Path) -> None:
+    """Make the config's relative paths absolute in place where they exist under the working
+    directory or the repository (an SAE template by its folder above `{layer}`); hub ids and
+    paths that exist nowhere are kept."""
+    for section, key in (("model", "path"), ("saes", "path"), ("prompts", "file"), ("features", "table")):
+        sec = config.get(section) or {}
+        if not sec.get(key):
+            continue
+        if section != "saes":
+            sec[key] = resolve(sec[key], repo)
+            continue
+        base, _, rest = sec[key].partition("{layer}")
+        parent = resolve(os.path.dirname(base) or ".", repo)
+        if parent != (os.path.dirname(base) or "."):
+            sec[key] = os.path.join(parent, os.path.basename(base)) + "{layer}" + rest
+        elif not os.path.isabs(base):  # a typo under a local folder is no hub id
+            first = Path(base).parts[0] if Path(base).parts else ""
+            local = [b for b in (Path.cwd(), repo) if first and (b / first).is_dir()]
+            if local:
+                sec[key] = str(local[0] / sec[key])
+    if str(config.get("task", "")).endswith(".py"):  # a task in a file of the user's
+        config["task"] = resolve(config["task"], repo)
+
+
 def check_config(config: dict[str, Any], repo: Path, *, jobs_here: bool = True, cache: Path | None = None,
                  full: bool = True) -> Checked:
     """Resolve paths in place and (unless not `full`: a job of a cluster run, checked when the run
-    started) check everything that needs no model weights: the SAEs (their metadata, against the
-    model's config, their weights once), the device where jobs run here, the prompts, the
-    feature table and, where it is the user's, the selection."""
-    for section, key in (("model", "path"), ("saes", "path"), ("prompts", "file"),
-                         ("features", "table")):
-        sec = config.get(section) or {}
-        if sec.get(key):
-            if section == "saes":
-                base, _, rest = sec[key].partition("{layer}")
-                parent = resolve(os.path.dirname(base) or ".", repo)
-                if parent != (os.path.dirname(base) or "."):
-                    sec[key] = os.path.join(parent, os.path.basename(base)) + "{layer}" + rest
-                elif not os.path.isabs(base):  # a typo under a local folder is no hub id
-                    first = Path(base).parts[0] if Path(base).parts else ""
-                    local = [b for b in (Path.cwd(), repo) if first and (b / first).is_dir()]
-                    if local:
-                        sec[key] = str(local[0] / sec[key])
-            else:
-                sec[key] = resolve(sec[key], repo)
-    if str(config.get("task", "")).endswith(".py"):  # a task in a file of the user's
-        config["task"] = resolve(config["task"], repo)
+    started) check everything that needs no model weights: the SAEs (their metadata, against
+    their weights' headers and the model's config, their weights once), the model's tokenizer,
+    the device where jobs run here, the prompts, the feature table and, where it is the user's,
+    the selection. Every refusal is one UserError; none of these checks raises anything else."""
+    with _checking("the config's paths (model.path, saes.path, prompts.file, features.table, task)"):
+        resolve_paths(config, repo)
     if not full:
         return Checked({}, [])
     if config.get("task"):
-        check_task(load_task(config["task"]), config.get("parser", "first"))
-        if not load_task(config["task"]).exp1 and not (config.get("features") or {}).get("table"):
-            fail("features.table", f"task {config['task']!r} plays no Exp1 games to find features with",
-                 "give a feature table (features.table), or use task: slot_machine")
-    metas, prompts = {}, []
+        with _checking(f"task={config['task']!r}"):
+            _check_task(config)
     if jobs_here and config.get("device") == "cuda" and not torch.cuda.is_available():
         fail("device", "cuda was asked for but no GPU is visible here, where the jobs run",
              "set device: auto or cpu, or run where a GPU is")
+    metas: dict[int, SAEMeta] = {}
     if "saes" in config:
-        metas = sae_metas(config)
-        d_models = {m.d_model for m in metas.values()}
-        if len(d_models) > 1:
-            fail(f"saes.path={config['saes']['path']!r}", f"the SAEs disagree on d_model ({sorted(d_models)})",
-                 "use SAEs of one model")
-        check_weights(metas.values(), cache)
-        m = config.get("model") or {}
-        if m.get("path"):
-            check_model(m["path"], sorted(metas), d_models.pop(), bool(m.get("trust_remote_code")))
+        with _checking(f"saes.path={config['saes']['path']!r}"):
+            metas = _check_saes(config, cache)
+    prompts: list[Prompt] = []
     if config.get("prompts", {}).get("file"):
-        prompts = check_prompts(config)
+        with _checking(f"prompts.file={config['prompts']['file']!r}"):
+            prompts = check_prompts(config)
     table = (config.get("features") or {}).get("table")
     if table and "saes" in config:
-        f = config["features"]
-        df = read_feature_table(table, f.get("columns") or None)
-        validate_feature_table(df, table, sae_layers={k: (m.d_model, m.d_sae) for k, m in metas.items()},
-                               relu_family=all(m.activation != "topk" for m in metas.values()),
-                               allow_suspicious=bool(f.get("allow_suspicious")))
-        if not (config.get("screen") or {}).get("enabled") and "select" in config:
-            select_or_fail(df, config["select"], sorted(metas), table)
+        with _checking(f"features.table={table!r}"):
+            _check_table(config, table, metas)
     return Checked(metas, prompts)
+
+
+def _check_task(config: Mapping[str, Any]) -> None:
+    """The task loads, knows the parser, and has a way to find features."""
+    task = load_task(config["task"])
+    check_task(task, config.get("parser", "first"))
+    if not task.exp1 and not (config.get("features") or {}).get("table"):
+        fail("features.table", f"task {config['task']!r} plays no Exp1 games to find features with",
+             "give a feature table (features.table), or use task: slot_machine")
+
+
+def _check_saes(config: Mapping[str, Any], cache: Path | None) -> dict[int, SAEMeta]:
+    """The SAEs' metadata (against their weights' headers), one d_model, finite weights, and the
+    model's config against them (an error no check named there is named for model.path)."""
+    metas = sae_metas(config)
+    d_models = {m.d_model for m in metas.values()}
+    if len(d_models) > 1:
+        fail(f"saes.path={config['saes']['path']!r}", f"the SAEs disagree on d_model ({sorted(d_models)})",
+             "use SAEs of one model")
+    check_weights(metas.values(), cache)
+    m = config.get("model") or {}
+    if m.get("path"):
+        with _checking(f"model.path={m['path']!r}"):
+            check_model(m["path"], sorted(metas), d_models.pop(), bool(m.get("trust_remote_code")))
+    return metas
+
+
+def _check_table(config: Mapping[str, Any], table: str, metas: Mapping[int, SAEMeta]) -> None:
+    """The feature table against the SAEs, and the selection where it is the user's."""
+    f = config["features"]
+    df = read_feature_table(table, f.get("columns") or None)
+    validate_feature_table(df, table, sae_layers={k: (m.d_model, m.d_sae) for k, m in metas.items()},
+                           relu_family=all(m.activation != "topk" for m in metas.values()),
+                           allow_suspicious=bool(f.get("allow_suspicious")))
+    if not (config.get("screen") or {}).get("enabled") and "select" in config:
+        select_or_fail(df, config["select"], sorted(metas), table)
 
 
 def check_prompts(config: Mapping[str, Any]) -> list[Prompt]:

@@ -174,7 +174,8 @@ def read_feature_table(path: str | os.PathLike[str], columns: Mapping[str, str] 
     """Read a feature table (CSV/TSV/JSON/JSONL/Parquet) into the canonical columns."""
     p, where = Path(path), str(path)
     if not p.is_file():
-        fail(where, "feature table not found", "check features.table")
+        fail(where, "is a folder, not a feature table" if p.is_dir() else "feature table not found",
+             "check features.table")
     raw = _load(p, where).reset_index(drop=True)
     found = _resolve(raw, columns or {}, where)
     trial = [c for c in raw.columns if str(c).strip().lower() in TRIAL_COLS]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -13,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import fail
+from .errors import UserError, fail, first_line
 
 
 def _default_mode(is_dir: bool) -> int:
@@ -23,38 +25,120 @@ def _default_mode(is_dir: bool) -> int:
     return (0o777 if is_dir else 0o666) & ~mask
 
 
+# errno values that mean the output cannot be written where it is asked for, and what is needed
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+# libraries that wrap an OSError in their own type keep its number in the text: safetensors
+# "(os error 28)", pyarrow "[errno 28]"
+_ERRNO_TEXT = re.compile(r"(?:os error|errno) (\d+)", re.IGNORECASE)
+
+
+def os_errno(err: BaseException) -> int | None:
+    """The operating system's error number behind `err`: an OSError's own, else one named in
+    its text (safetensors and pyarrow wrap OSErrors in their own types); None if it has none."""
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    m = _ERRNO_TEXT.search(str(err))
+    return int(m.group(1)) if m else None
+
+
+def refuse_unwritable(err: BaseException, path: str | os.PathLike[str]) -> None:
+    """Raise a UserError naming `path` and what it needs when `err` is a full disk (free space)
+    or a folder that cannot be written (a writable folder), and is about `path`, its temporary
+    sibling or a folder above it; return for any other error (an input that cannot be read)."""
+    code = os_errno(err)
+    if isinstance(err, UserError) or code not in _FULL | _READ_ONLY or not _about(err, Path(path)):
+        return
+    folder = Path(path).parent
+    if code in _FULL:
+        fail(str(path), f"cannot be written: its disk is full ({os.strerror(code)}{_free(folder)})",
+             f"free space where {folder} is (or run in a working directory with room) and run again")
+    state = "is not writable" if folder.exists() else "cannot be created"
+    fail(str(path), f"cannot be written: {folder} {state} ({os.strerror(code)})",
+         "make the folder writable, or run in a writable working directory (snakemake --directory)")
+
+
+def _about(err: BaseException, path: Path) -> bool:
+    """Whether an error is about writing `path`: it names no file, or `path`'s folder, a file in
+    it or a folder above it."""
+    name = getattr(err, "filename", None)
+    if not name:
+        return True
+    named, folder = Path(os.path.abspath(name)), Path(os.path.abspath(path)).parent
+    return named.parent == folder or folder.is_relative_to(named)
+
+
+def _free(folder: Path) -> str:
+    """', N MiB free' on the disk of `folder` (nothing when that cannot be told)."""
+    try:
+        return f", {shutil.disk_usage(folder).free / 2**20:,.1f} MiB free"
+    except OSError:
+        return ""
+
+
+@contextmanager
+def _unwritable_as_user_error(path: Path) -> Iterator[None]:
+    # creating the folder or the temporary name fails first where the folder is read-only
+    try:
+        yield
+    except OSError as err:
+        refuse_unwritable(err, path)
+        raise
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+    On failure the temporary file is removed; a full disk or an unwritable folder is one
+    UserError naming `path` (refuse_unwritable)."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    with _unwritable_as_user_error(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, _default_mode(False))
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        refuse_unwritable(err, final)
         raise
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling folder; it replaces `path` only if the block succeeds."""
+    """Yield a temporary sibling folder; it replaces `path` only if the block succeeds (the old
+    folder is moved aside first and put back if the swap fails). On failure the temporary
+    folder is removed; a full disk or an unwritable folder is one UserError naming `path`."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    with _unwritable_as_user_error(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
         os.chmod(tmp, _default_mode(True))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
+        _swap_dir(tmp, final)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        refuse_unwritable(err, final)
         raise
+
+
+def _swap_dir(new: Path, final: Path) -> None:
+    """Rename `new` onto `final`; an old `final` is removed only once `new` is in its place."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    aside = new.with_name(new.name.removesuffix(".partial") + ".old.partial")
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_with(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
@@ -92,8 +176,14 @@ def read_tables(paths: Sequence[str | os.PathLike[str]], empty: pd.DataFrame | N
 
 
 def iter_jsonl(path: str | os.PathLike[str], what: str = "record") -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-empty line; a bad line is one UserError."""
-    with open(path, encoding="utf-8") as fh:
+    """(line number, object) for every non-empty line; a bad line, or a file that cannot be
+    opened, is one UserError."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as err:
+        fail(str(path), f"cannot be read ({first_line(err)})",
+             f"point it at a readable file of one JSON {what} per line")
+    with fh:
         n = 0
         try:
             for n, line in enumerate(fh, 1):

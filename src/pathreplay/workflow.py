@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import run_cli
+from .errors import fail, run_cli
 
 if TYPE_CHECKING:
     from .runtime.model import Device
@@ -31,7 +32,60 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
     threads = getattr(snakemake, "threads", None)
     if threads and "torch" in sys.modules:  # scripts that need no torch never pay its import
         sys.modules["torch"].set_num_threads(int(threads))
-    run_cli(lambda: main(snakemake))
+    run_cli(lambda: (check_inputs(list(snakemake.input)), main(snakemake)))
+
+
+def _whole(path: Path) -> str | None:
+    """What is wrong with a file the workflow wrote (None: it reads whole): a Parquet footer and
+    schema, a safetensors header and every tensor's extent, a TSV's header and fields per row."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.ParquetFile(path).schema_arrow  # noqa: B018 - reading the footer is the check
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                for k in f.keys():
+                    f.get_slice(k).get_shape()
+        elif path.suffix == ".tsv":
+            with open(path, encoding="utf-8", newline="") as fh:
+                text = fh.read()
+            if text and not text.endswith("\n"):
+                return "ends in the middle of a row"
+            rows = csv.reader(text.splitlines(keepends=True), delimiter="\t", strict=True)  # quoted: tabs, newlines
+            width = len(next(rows, []))
+            for row in rows:
+                if len(row) != width:
+                    return f"row {rows.line_num} has {len(row)} fields, the header {width}"
+    except Exception as err:  # noqa: BLE001 - pyarrow, safetensors and the codecs raise many types
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"cannot be read whole ({type(err).__name__}: {first})"
+    return None
+
+
+def _made_here(path: Path) -> bool:
+    """Whether the workflow wrote the file: it is under results/ of the working directory."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).parts[:1] == ("results",)
+    except ValueError:
+        return False
+
+
+def check_inputs(paths: list[str]) -> None:
+    """Every input a job reads, checked before it reads any: a corrupt one (a job killed while a
+    disk filled, a copy cut short) is one line. One the workflow made is removed too, so that the
+    next plain run makes it again (the default target names every file the run is made from); a
+    file of the user's is left as it is."""
+    for p in map(Path, paths):
+        why = _whole(p) if p.is_file() else None
+        if why is None:
+            continue
+        if _made_here(p):
+            p.unlink(missing_ok=True)
+            fail(str(p), f"{why}; removed it", "run snakemake again: it is made anew, and what reads it")
+        fail(str(p), why, "replace the file with a whole copy")
 
 
 def _remove_stale_partials(outputs: list[str]) -> None:
@@ -68,7 +122,8 @@ def claim_device(device: Device) -> Any:
 
     if device != "cpu":
         slot = acquire_device()
-        logging.getLogger(__name__).info("device slot: %s", slot)
+        if slot is not None:  # None: no GPU here, or the scheduler's
+            logging.getLogger(__name__).info("device slot: %s", slot)
     return resolve_device(device)
 
 

@@ -16,6 +16,7 @@ rule behaviour_plan:
     params:
         behaviour=pick("behaviour"),
         prompts=behaviour_prompts(),
+        features=lambda w: [r["feature"] for r in selection_rows()],
         conditions=config["replay"]["conditions"],
         alpha=config["stats"]["alpha"],
         task=config["task"],
@@ -48,7 +49,7 @@ rule behaviour_patched:
     input:
         plan="results/behavior/plan.tsv",
         prompts=config["prompts"]["file"],
-        selected="results/features/selected.tsv",
+        replay_plan=lambda w: plan_file(),
     output:
         "results/behavior/trials/{shard}.parquet",
     log:
@@ -64,6 +65,7 @@ rule behaviour_patched:
         settings=replay_settings("screen"),
         conditions=config["replay"]["conditions"],
         seed=config["seed"],
+        features=lambda w: selection_rows(shard=w.shard),
     script:
         "../scripts/behaviour_patched.py"
 

@@ -1,10 +1,11 @@
 # Shared setup: the config checked once, the params each rule's job reads, and the input
 # functions that read the selection checkpoints. Included first by the Snakefile.
+import atexit
 import os
 import sys
 from functools import cache
 from pathlib import Path
-from typing import NamedTuple
+from types import SimpleNamespace
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
@@ -13,11 +14,22 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 REPO = Path(workflow.basedir).parent  # the Snakefile sits in workflow/
+# envs/pathreplay.yaml installs the package from here (its copy in .snakemake/conda/ cannot say ..)
+os.environ.update(PATHREPLAY_ROOT=str(REPO))  # set here, for conda: no user need set it
 
 try:
     from pathreplay.config import check_config, replay_estimate
     from pathreplay.errors import UserError, run_cli
+    from pathreplay.replay.plan import (
+        PATCH_COLUMNS,
+        describe,
+        index_plan,
+        is_dry_run,
+        records,
+    )
     from pathreplay.replay.prompts import SAFE_ID, read_prompt_ids
+    from pathreplay.report.links import link_templates
+    from pathreplay.sae.registry import apply_release
     from pathreplay.schema import SCHEMA, schema_message
     from pathreplay.words.logs import log_paths
     from pathreplay.words.settings import words_config
@@ -36,6 +48,12 @@ def _check_config():
         validate(config, schema=str(SCHEMA))
     except WorkflowError as err:
         raise UserError(schema_message(err)) from err
+    neuronpedia = apply_release(
+        config["saes"]
+    )  # a sae-lens release fills path and format
+    links = link_templates(
+        config["features"]["links"], config["saes"]["layers"], neuronpedia
+    )
     main = workflow.is_main_process
     checked = check_config(
         config,
@@ -44,12 +62,19 @@ def _check_config():
         cache=Path(".snakemake") / "pathreplay-weights.json",
         full=main,
     )
-    return replay_estimate(config, checked) if main else ""
+    return (replay_estimate(config, checked) if main else ""), links
 
 
-ESTIMATE = run_cli(_check_config)
+ESTIMATE, FEATURE_LINKS = run_cli(_check_config)
 if ESTIMATE:
     print(f"pathreplay: {ESTIMATE}", file=sys.stderr)
+    if is_dry_run(
+        sys.argv
+    ):  # a dry run ends with what the run will do, after the table of jobs
+        N_PROMPTS = len(read_prompt_ids(config["prompts"]["file"]))
+        atexit.register(
+            print, describe(config, N_PROMPTS, ESTIMATE, str(REPO)), flush=True
+        )
 
 LAYERS = list(config["saes"]["layers"])
 DEMO = config["model"]["path"] == str((REPO / "resources" / "demo" / "model").resolve())
@@ -62,6 +87,18 @@ WORDS_OUTPUTS = [
     "results/words/causal_word_effects.json",
     "results/words/volcano",
 ]
+
+
+# Cheap rules run where snakemake runs, never as a cluster job (plans, gates, summaries, pages).
+localrules:
+    all,
+    select_features,
+    behaviour_plan,
+    sae_quality,
+    qc_gates,
+    behaviour,
+    report_checks,
+    report_overview,
 
 
 wildcard_constraints:
@@ -135,40 +172,47 @@ def table_columns(path):
     )
 
 
-class Plan(NamedTuple):
-    """The replay plan as the input functions ask for it: built once per version of the file."""
-
-    path: str
-    shards: list  # sorted
-    prompts: list  # sorted
-    features: list  # sorted
-    shard_prompts: dict  # shard -> its prompts, sorted
-    feature_shard: dict  # feature -> its shard
-    feature_prompts: dict  # feature -> its prompts, sorted
+# The replay plan (a checkpoint), read once per version of the file. A job takes its rows of it as
+# params and the file as an `ancient` input (which orders the job after it and never reruns it by
+# the file's time): a re-made plan with the same rows reruns nothing, one with new rows reruns
+# the jobs whose rows changed. The plan carries what a patch reads of each feature (PATCH_COLUMNS),
+# so no job past it reads the selection.
 
 
 @cache
-def _read_plan(path, mtime_ns):
-    df = pd.read_csv(path, sep="\t", usecols=["feature", "shard", "prompt_id"])
+def _read_tsv(path, mtime_ns):
+    return pd.read_csv(path, sep="\t")
 
-    def prompts_by(key):
-        return {k: sorted(set(g)) for k, g in df.groupby(key)["prompt_id"]}
 
-    return Plan(
-        path,
-        sorted(df["shard"].unique()),
-        sorted(df["prompt_id"].unique()),
-        sorted(df["feature"].unique()),
-        prompts_by("shard"),
-        dict(zip(df["feature"], df["shard"])),
-        prompts_by("feature"),
-    )
+def plan_file():
+    """The replay plan as an input: after it, never rerun by its time."""
+    return ancient(checkpoints.select_prompts.get().output[0])
+
+
+def plan_rows(columns, **where):
+    """The replay plan's rows whose columns equal (or, given a list, are in) `where`, as records of
+    `columns`, in its order."""
+    path = checkpoints.select_prompts.get().output[0]
+    return records(_read_tsv(path, os.stat(path).st_mtime_ns), columns, **where)
+
+
+def selection_rows(**where):
+    """The replayed features' rows whose columns equal `where` (what a patch reads of each: the plan
+    carries it), once each, in the plan's order."""
+    first = {}
+    for row in plan_rows(PATCH_COLUMNS, **where):
+        first.setdefault(row["feature"], row)
+    return list(first.values())
+
+
+@cache
+def _plan_of(path, mtime_ns):
+    return index_plan(_read_tsv(path, mtime_ns))
 
 
 def _plan():
-    """The replay plan, read once per version of the file however many jobs ask for it."""
-    path = checkpoints.select_prompts.get().output.plan
-    return _read_plan(path, os.stat(path).st_mtime_ns)
+    path = checkpoints.select_prompts.get().output[0]
+    return _plan_of(path, os.stat(path).st_mtime_ns)
 
 
 def replay_shards(wildcards=None):
@@ -183,6 +227,13 @@ def selected_features(wildcards=None):
     return _plan().features
 
 
+def prompt_sets(wildcards=None):
+    """Each distinct set of prompts a feature was replayed on, once, sorted."""
+    return [
+        list(s) for s in sorted({tuple(v) for v in _plan().feature_prompts.values()})
+    ]
+
+
 def baseline_trials(prompts):
     return [f"results/replay/baseline/{p}/trials.parquet" for p in sorted(prompts)]
 
@@ -193,14 +244,11 @@ def codes(parts, layers=LAYERS):
 
 
 def patched_inputs(wildcards):
-    """A shard's plan, and the baseline trials of its prompts (their tokens are what its
-    teacher-forced runs are fed)."""
-    plan = _plan()
+    """A shard's baseline trials (their tokens are what its teacher-forced runs are fed)."""
     return {
         "prompts": config["prompts"]["file"],
-        "plan": plan.path,
-        "selected": "results/features/selected.tsv",
-        "baseline": baseline_trials(plan.shard_prompts[wildcards.shard]),
+        "plan": plan_file(),
+        "baseline": baseline_trials(_plan().shard_prompts[wildcards.shard]),
     }
 
 
@@ -229,7 +277,6 @@ def effects_inputs(wildcards):
     shard = plan.feature_shard[wildcards.feature]
     prompts = plan.feature_prompts[wildcards.feature]
     return {
-        "plan": plan.path,
         "patched": f"results/replay/patched/{shard}/trials.parquet",
         "baseline": baseline_trials(prompts),
         "codes": codes([f"baseline/{p}" for p in prompts] + [f"patched/{shard}"]),
@@ -238,10 +285,10 @@ def effects_inputs(wildcards):
 
 
 def placebo_inputs(wildcards=None):
-    """Every replayed prompt's baseline trials and codes, and the plan (which prompt sets exist)."""
+    """Every replayed prompt's baseline trials and codes."""
     prompts = replay_prompts()
     return {
-        "plan": _plan().path,
+        "plan": plan_file(),
         "baseline": baseline_trials(prompts),
         "codes": codes([f"baseline/{p}" for p in prompts]),
     }
@@ -258,9 +305,10 @@ def behaviour_prompts():
 
 
 def behaviour_plan_inputs(wildcards=None):
-    """The selection, and the screen's behaviour (the effect sizes the trials are planned from)."""
+    """The replay plan (its features are the ones planned), and the screen's behaviour (the effect
+    sizes the trials are planned from)."""
     out = {
-        "selected": "results/features/selected.tsv",
+        "plan": plan_file(),
         "prompts": config["prompts"]["file"],
     }
     if config["screen"]["enabled"]:
@@ -290,7 +338,7 @@ def pathway_inputs(wildcards=None):
     return {
         "gates": "results/qc/gates.tsv",
         "placebo": "results/qc/placebo.parquet",
-        "plan": _plan().path,
+        "plan": plan_file(),
         "sae_quality": "results/qc/sae_quality.tsv",
         "patched_quality": [
             f"results/qc/patched_quality/{s}.tsv" for s in replay_shards()
@@ -310,9 +358,28 @@ def mediate_inputs(wildcards=None):
         "chains": "results/pathways/chains.tsv",
         "edges": "results/pathways/edges.parquet",
         "prompts": config["prompts"]["file"],
-        "plan": checkpoints.select_prompts.get().output.plan,
-        "selected": "results/features/selected.tsv",
+        "plan": plan_file(),
         "baseline": baseline_trials(replay_prompts()),
+    }
+
+
+def attribution_inputs(wildcards=None):
+    """Every source's predictions and effects, the edges and the mediation, and for the noise
+    ceiling every replay part's trials and codes (forced pairs split in halves)."""
+    plan = _plan()
+    parts = [f"baseline/{p}" for p in plan.prompts]
+    parts += [f"patched/{s}" for s in plan.shards]
+    return {
+        "plan": plan_file(),
+        "edges": "results/pathways/edges.parquet",
+        "paths": "results/pathways/paths.tsv",
+        "predictions": [f"results/attribution/{f}.parquet" for f in plan.features],
+        "shares": [f"results/attribution/{f}.shares.tsv" for f in plan.features],
+        "effects": [f"results/effects/{f}.parquet" for f in plan.features],
+        "patched": [f"results/replay/patched/{s}/trials.parquet" for s in plan.shards],
+        "baseline": baseline_trials(plan.prompts),
+        "codes": codes(parts),
+        "passthrough": codes([f"passthrough/{s}" for s in plan.shards]),
     }
 
 
@@ -321,7 +388,22 @@ def report_inputs(wildcards=None):
         "edges": "results/pathways/edges.parquet",
         "paths": "results/pathways/paths.tsv",
         "behaviour": "results/behavior/effects.parquet",
-        "plan": checkpoints.select_prompts.get().output.plan,
+        "plan": plan_file(),
+    }
+
+
+def overview_inputs(wildcards=None):
+    """What the first page's findings are read from, and the report's own text."""
+    return {
+        "text": str(REPO / "report" / "workflow.rst"),
+        "edges": "results/pathways/edges.parquet",
+        "paths": "results/pathways/paths.tsv",
+        "layers": "results/pathways/layers.tsv",
+        "behaviour": "results/behavior/effects.parquet",
+        "gates": "results/qc/gates.tsv",
+        "null": "results/qc/null.tsv",
+        "upstream": "results/qc/upstream.tsv",
+        "plan": plan_file(),
     }
 
 
@@ -344,6 +426,35 @@ def default_targets():
             "results/report/pathways.svg",
             "results/report/sources",
             "results/report/checks/sae_quality.html",
+            "results/report/overview.rst",
+            "results/attribution/agreement.tsv",
+            "results/attribution/triage.tsv",
+            "results/report/attribution",
         ]
         + (WORDS_OUTPUTS if WORDS_LOGS else [])
     )
+
+
+def every_file(wildcards=None):
+    """The default targets and every file they are made from. Snakemake leaves a lost
+    intermediate alone while what was made from it is up to date, and re-makes it once a target
+    names it: so a deleted part is re-made by a plain rerun, and only it and what reads it.
+    """
+    each = [
+        pathway_inputs(),
+        mediate_inputs(),
+        placebo_inputs(),
+        behaviour_inputs(),
+        behaviour_plan_inputs(),
+        attribution_inputs(),
+        {"quality": quality_inputs(), "tables": [selection_input(), features_table()]},
+        {"selected": "results/features/selected.tsv"},
+    ]
+    each += [effects_inputs(SimpleNamespace(feature=f)) for f in selected_features()]
+    each += [encode_patched_inputs(SimpleNamespace(shard=s)) for s in replay_shards()]
+    words = [f"results/words/shards/{i}.parquet" for i in range(WORDS_CFG.shards)]
+    files = set(default_targets()) | set(words if WORDS_LOGS else [])
+    for inputs in each:
+        for v in inputs.values():
+            files.update([str(v)] if isinstance(v, str) else map(str, v))
+    return sorted(files)

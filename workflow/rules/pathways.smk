@@ -35,6 +35,7 @@ rule placebo:
         splits=config["stats"]["placebo_splits"],
         seed=config["seed"],
         stats=pick("stats", "min_delta", "min_prompts"),
+        prompt_sets=prompt_sets,
     script:
         "../scripts/placebo.py"
 
@@ -75,6 +76,7 @@ rule pathways:
     params:
         stats=pick("stats", "alpha", "min_delta"),
         max_fvu_ratio=config["qc"]["max_fvu_ratio"],
+        prompt_sets=prompt_sets,
     script:
         "../scripts/pathways.py"
 
@@ -103,5 +105,7 @@ rule mediate:
         min_delta=config["stats"]["min_delta"],
         max_chains=config["stats"]["max_chains"],
         max_mediators=config["stats"]["max_mediators"],
+        plan=lambda w: plan_rows(["feature", "prompt_id"]),
+        features=lambda w: selection_rows(),
     script:
         "../scripts/mediate.py"

@@ -50,5 +50,7 @@ rule replay_patched:
         conditions=config["replay"]["conditions"],
         trials=config["replay"]["trials"],
         seed=config["seed"],
+        plan=lambda w: plan_rows(["feature", "prompt_id"], shard=w.shard),
+        features=lambda w: selection_rows(shard=w.shard),
     script:
         "../scripts/replay_patched.py"

@@ -12,6 +12,12 @@ rule report_figures:
             category="1. Pathways",
             labels={"figure": "pathway graph", "source": "every source"},
         ),
+        explore=report(
+            "results/report/pathways.html",
+            caption="../../report/pathway_explore.rst",
+            category="1. Pathways",
+            labels={"figure": "pathway graph to explore", "source": "every source"},
+        ),
         sources=report(
             directory("results/report/sources"),
             patterns=["{source}.{figure}.{ext}"],
@@ -27,6 +33,8 @@ rule report_figures:
     params:
         cap=120,
         task=config["task"],
+        links=FEATURE_LINKS,
+        sources=selected_features,
     script:
         "../scripts/report_figures.py"
 
@@ -43,37 +51,37 @@ rule report_checks:
         quality=report(
             "results/report/checks/sae_quality.html",
             caption="../../report/sae_quality.rst",
-            category="4. Checks",
+            category="3. Checks",
             labels={"check": "SAE quality per layer"},
         ),
         null=report(
             "results/report/checks/controls.html",
             caption="../../report/controls.rst",
-            category="4. Checks",
+            category="3. Checks",
             labels={"check": "controls: sham, placebo, random"},
         ),
         upstream=report(
             "results/report/checks/upstream.html",
             caption="../../report/upstream.rst",
-            category="4. Checks",
+            category="3. Checks",
             labels={"check": "upstream layers"},
         ),
         fidelity=report(
             "results/report/checks/patch_fidelity.html",
             caption="../../report/patch_fidelity.rst",
-            category="4. Checks",
+            category="3. Checks",
             labels={"check": "patch fidelity"},
         ),
         patched_quality=report(
             "results/report/checks/patched_quality.html",
             caption="../../report/patched_quality.rst",
-            category="4. Checks",
+            category="3. Checks",
             labels={"check": "SAE quality on patched states"},
         ),
         gates=report(
             "results/report/checks/gates.html",
             caption="../../report/gates.rst",
-            category="4. Checks",
+            category="3. Checks",
             labels={"check": "quality gates"},
         ),
     log:
@@ -82,3 +90,22 @@ rule report_checks:
         "../../envs/pathreplay.yaml"
     script:
         "../scripts/report_checks.py"
+
+
+# The report's first page: the findings table in front of report/workflow.rst (workflow/Snakefile
+# shows it once it exists).
+rule report_overview:
+    input:
+        unpack(overview_inputs),
+    output:
+        "results/report/overview.rst",
+    log:
+        "results/logs/report_overview.log",
+    conda:
+        "../../envs/pathreplay.yaml"
+    params:
+        alpha=config["stats"]["alpha"],
+        task=config["task"],
+        sources=selected_features,
+    script:
+        "../scripts/report_overview.py"

@@ -32,7 +32,7 @@ rule words_merge:
             directory("results/words/volcano"),
             patterns=["{feature}.png"],
             caption="../../report/volcano.rst",
-            category="3. Words",
+            category="5. Words",
             labels={"feature": "{feature}"},
         ),
     log:

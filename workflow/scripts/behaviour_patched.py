@@ -12,8 +12,7 @@ from pathreplay.workflow import open_model, run_script
 def main(sm):
     p = sm.params
     prompts = {q.id: q for q in read_prompts(sm.input.prompts)}
-    selected = pd.read_csv(sm.input.selected, sep="\t")
-    selected = selected[selected["shard"] == sm.wildcards.shard].set_index("feature")
+    selected = pd.DataFrame(p.features).set_index("feature")
     model, tok = open_model(p.device, **p.model)
     feats = SAESource(**p.saes).slices(selected.reset_index(), next(model.parameters()).device)
     trials = run_behaviour(model, tok, selected, read_table(sm.input.plan), prompts, feats,

@@ -1,7 +1,5 @@
 import logging
 
-import pandas as pd
-
 from pathreplay.behaviour.power import plan_behaviour
 from pathreplay.io import read_table, write_table
 from pathreplay.replay.plan import parse_conditions
@@ -11,7 +9,7 @@ from pathreplay.workflow import run_script
 
 def main(sm):
     p, b = sm.params, sm.params.behaviour
-    features = list(pd.read_csv(sm.input.selected, sep="\t")["feature"])
+    features = p.features
     screen = read_table(sm.input.screen) if "screen" in sm.input.keys() else None
     conditions = [c.name for c in parse_conditions(p.conditions)]
     plan = plan_behaviour(screen, features, conditions, p.prompts, load_task(p.task).primary.name, p.alpha,

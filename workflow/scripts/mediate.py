@@ -33,8 +33,8 @@ def main(sm):
         return
     settings = ReplaySettings(**p.settings)
     prompts = {q.id: q for q in read_prompts(sm.input.prompts)}
-    plan = pd.read_csv(sm.input.plan, sep="\t")
-    selected = pd.read_csv(sm.input.selected, sep="\t").set_index("feature")
+    plan = pd.DataFrame(p.plan)
+    selected = pd.DataFrame(p.features).set_index("feature")
     base = read_tables(sm.input.baseline)
     conditions = {c.name: c for c in parse_conditions(p.conditions)}
     cands = candidates(read_table(sm.input.edges), chains, p.max_mediators)

@@ -33,8 +33,8 @@ def main(sm):
                  int(e["off_distribution"].sum()))
     write_table(e, sm.output.edges)
     write_table(chains(e, patch_signs(patched)), sm.output.chains)
-    sets = read_table(sm.input.plan).groupby("feature")["prompt_id"].apply(lambda g: tuple(sorted(g))).nunique()
-    study = placebo_summary(read_table(sm.input.placebo), run.cutoffs, st["alpha"], st["min_delta"], sets)
+    study = placebo_summary(read_table(sm.input.placebo), run.cutoffs, st["alpha"], st["min_delta"],
+                            len(sm.params.prompt_sets))
     for r in study.itertuples():
         logging.info("placebo %s, %s level: %d splits, mean share of p < %g %.4f (95th percentile %.4f), "
                      "%d splits with a discovery at the real cutoff %.3g", r.scope, r.level, r.splits, st["alpha"],

@@ -10,8 +10,7 @@ from pathreplay.workflow import run_script
 def main(sm):
     p = sm.params
     baseline = pd.concat([read_table(f).assign(part=part_of(f)) for f in sm.input.baseline], ignore_index=True)
-    plan = read_table(sm.input.plan)
-    sets = sorted({tuple(sorted(g)) for _, g in plan.groupby("feature")["prompt_id"]})  # each distinct set once
+    sets = [tuple(s) for s in p.prompt_sets]  # each distinct set once
     codes = read_codes(sm.input.codes, sorted(baseline["part"].unique()))
     frames = list(placebo_study(baseline, codes, sets, p.splits, p.seed, p.stats["min_delta"], p.stats["min_prompts"]))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PLACEBO_COLUMNS)

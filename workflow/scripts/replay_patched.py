@@ -13,9 +13,8 @@ def main(sm):
     p = sm.params
     prompts = {q.id: q for q in read_prompts(sm.input.prompts)}
     settings = ReplaySettings(**p.settings)
-    plan = pd.read_csv(sm.input.plan, sep="\t")
-    plan = plan[plan["shard"] == sm.wildcards.shard]
-    selected = pd.read_csv(sm.input.selected, sep="\t").set_index("feature").loc[plan["feature"].unique()]
+    plan = pd.DataFrame(p.plan)  # the shard's (feature, prompt_id) rows
+    selected = pd.DataFrame(p.features).set_index("feature")
     baseline = read_tables(sm.input.baseline)
     model, tok = open_model(p.device, **p.model)
     dev = next(model.parameters()).device

@@ -95,7 +95,7 @@ def layer_effects(patched: pd.DataFrame, baseline: pd.DataFrame, codes_by_layer:
     pos, rows_of = _pair_rows(cons)
     labels = {"condition": sorted({c.condition for c in cons}), "control": list(CONTROLS), "scope": list(SCOPES)}
     tests = 0
-    bar = tqdm(list(codes_by_layer), desc=f"effects {feature_name(layer, fid)}", unit="layer", mininterval=5)
+    bar = tqdm(list(codes_by_layer), desc=f"effects {feature_name(layer, fid)}", unit="layer", mininterval=5, disable=None)
     for target in bar:
         if target == layer:
             continue

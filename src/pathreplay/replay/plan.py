@@ -17,6 +17,8 @@ from ..features import feature_name
 from .prompts import Prompt
 
 VALUE_COLUMNS = ("safe_value", "risky_value")
+# what a patch reads of a selected feature; the replay plan carries them, so a job needs no other table
+PATCH_COLUMNS = ("feature", "layer", "feature_id", "shard", *VALUE_COLUMNS)
 Strategy = Literal["fixed", "top_activation"]  # how prompts.strategy picks a feature's prompts
 _COND = re.compile(r"^\s*(?:(?P<k>[0-9]*\.?[0-9]+)\s*\*\s*)?(?P<col>[a-z_]+)\s*$")
 
@@ -237,3 +239,68 @@ class CaptureSpec(NamedTuple):
 def capture_bytes(rows: int, positions: int, layers: int, d_model: int) -> int:
     """fp16 bytes of the captured residuals: the last prompt position plus kept positions."""
     return rows * (1 + positions) * layers * d_model * 2
+
+
+def describe(config: Mapping[str, Any], n_prompts: int, estimate: str, repo: str) -> str:
+    """One screen that says what the run will do, for the end of a dry run: the model, the SAEs, the
+    task and the prompts (and whose they are), where the features come from, the conditions, the
+    trials, and what the captures will write."""
+    m, s, r, sel, p = config["model"], config["saes"], config["replay"], config["select"], config["prompts"]
+    demo = str(p["file"]).startswith(repo.rstrip("/") + "/resources/demo/")
+    whose = "the demo's own" if demo else "yours"
+    table = config["features"].get("table")
+    source = f"your table {table}" if table else "Exp1's games on this model"
+    if config["screen"]["enabled"]:
+        source += f", screened ({config['screen']['top_n']} candidates, {len(config['screen']['conditions'])} conditions)"
+    rows = [("model", f"{m['path']} ({m['dtype']})"),
+            ("SAEs", f"{s.get('release') or s['path']} ({s['format']}, layers {s['layers'][0]}..{s['layers'][-1]}, "
+                     f"{len(s['layers'])} of them)"),
+            ("task", f"{config['task']} (parser {config['parser']})"),
+            ("prompts", f"{p['file']}: {n_prompts} prompts, {whose}; {p['per_feature']} per feature ({p['strategy']})"),
+            ("features", f"{source}; at most {sel['top_n']} replayed, {sel['shard_size']} a shard"),
+            ("conditions", f"{', '.join(r['conditions'])} (mode {r['mode']}, positions {r['positions']}), each with its "
+                           "random control, a sham, sampled and teacher-forced"),
+            ("trials", f"{r['trials']} per (feature, prompt, condition), {r['max_new_tokens']} new tokens; behaviour "
+                       f"{config['behaviour']['min_trials']}-{config['behaviour']['max_trials']} an arm, planned"),
+            ("writes", estimate)]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    return "pathreplay: what this run will do (the replay's jobs join the table above once select_prompts has run)\n" \
+        + "\n".join(lines)
+
+
+def is_dry_run(argv: Sequence[str]) -> bool:
+    """Whether Snakemake's command line asks for a dry run (-n, --dry-run, or -n among short flags);
+    the Snakefile is read before Snakemake says so itself."""
+    return any(a in ("-n", "--dry-run", "--dryrun") or (a.startswith("-") and not a.startswith("--") and "n" in a)
+               for a in argv[1:])
+
+
+class PlanIndex(NamedTuple):
+    """The replay plan as the workflow's input functions ask for it."""
+
+    shards: list[str]  # sorted
+    prompts: list[str]  # sorted
+    features: list[str]  # sorted
+    shard_prompts: dict[str, list[str]]  # shard -> its prompts, sorted
+    feature_shard: dict[str, str]  # feature -> its shard
+    feature_prompts: dict[str, list[str]]  # feature -> its prompts, sorted
+    shard_features: dict[str, list[str]]  # shard -> its features, in the plan's order
+
+
+def index_plan(plan: pd.DataFrame) -> PlanIndex:
+    """Index a plan table (feature, shard, prompt_id) by shard, prompt and feature."""
+    def prompts_by(key: str) -> dict[str, list[str]]:
+        return {k: sorted(set(g)) for k, g in plan.groupby(key)["prompt_id"]}
+
+    return PlanIndex(sorted(plan["shard"].unique()), sorted(plan["prompt_id"].unique()),
+                     sorted(plan["feature"].unique()), prompts_by("shard"), dict(zip(plan["feature"], plan["shard"])),
+                     prompts_by("feature"), {k: list(dict.fromkeys(g)) for k, g in plan.groupby("shard")["feature"]})
+
+
+def records(table: pd.DataFrame, columns: Sequence[str], **where: Any) -> list[dict[str, Any]]:
+    """The rows whose columns equal (or, given a list, are in) `where`, as records of `columns`, in
+    the table's order: what a job gets of a plan as its params."""
+    for key, value in where.items():
+        table = table[table[key].isin(value) if isinstance(value, list) else table[key] == value]
+    return table[list(columns)].to_dict("records")

@@ -9,6 +9,7 @@ their states are equal to the bit (the sham control checks it)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import fail
 from ..io import write_table, write_tensors
-from ..runtime.engine import Engine, engine_for, supports
+from ..runtime.engine import Engine, engine_for, gpu_default, supports
 from ..runtime.generate import generate
 from ..runtime.patch import Interventions, Mode, Patch, Positions
 from ..sae.exact import SAE, Feature
@@ -79,18 +80,29 @@ class Batch(NamedTuple):
 
 
 class Progress:
-    """A progress bar over batches that shows trials/s and tokens/s (in the job's log)."""
+    """Progress over batches with trials/s and tokens/s: a bar on a terminal, else (a job's log) a
+    line at most every LOG_EVERY seconds and one at the end."""
+
+    LOG_EVERY = 60.0
 
     def __init__(self, total: int, desc: str) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="batch", mininterval=5)
+        self.bar = tqdm(total=total, desc=desc, unit="batch", mininterval=5, disable=None)
+        self.desc, self.total, self.done = desc, total, 0
         self.t0, self.trials, self.tokens = time.perf_counter(), 0, 0
+        self.said = self.t0
 
     def __call__(self, b: Batch) -> Batch:
         self.trials += len(b.records)
         self.tokens += sum(r["n_tokens"] for r in b.records)
-        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.done += 1
+        now = time.perf_counter()
+        dt = max(now - self.t0, 1e-9)
         self.bar.set_postfix(trials_s=f"{self.trials / dt:.1f}", tokens_s=f"{self.tokens / dt:.0f}", refresh=False)
         self.bar.update(1)
+        if self.bar.disable and (now - self.said >= self.LOG_EVERY or self.done == self.total):
+            self.said = now
+            logging.getLogger(__name__).info("%s: %d of %d batches, %.1f trials/s, %.0f tokens/s", self.desc,
+                                             self.done, self.total, self.trials / dt, self.tokens / dt)
         return b
 
     def close(self) -> None:
@@ -171,10 +183,11 @@ _SIDE: dict[torch.device, Any] = {}  # per GPU, the stream captures are copied t
 
 
 def to_host(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
-    """The tensors on the host, and the event their copies complete at (None: done). From a GPU
-    they go to pinned memory on a side stream, so the next batch's steps decode meanwhile; the
-    caching allocator keeps each source alive until its copy has run (record_stream)."""
-    if not tensors or tensors[0].device.type != "cuda":
+    """The tensors on the host, and the event their copies complete at (None: done). From a GPU,
+    where runtime.engine.gpu_default allows it, they go to pinned memory on a side stream, so the
+    next batch's steps decode meanwhile; the caching allocator keeps each source alive until its
+    copy has run (record_stream). Otherwise plain copies."""
+    if not tensors or tensors[0].device.type != "cuda" or not gpu_default("async_copies", tensors[0].device):
         return [t.cpu() for t in tensors], None
     dev = tensors[0].device
     side = _SIDE.setdefault(dev, torch.cuda.Stream(dev))

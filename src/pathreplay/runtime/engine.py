@@ -13,6 +13,7 @@ the hook path. On the CPU the same step runs eagerly.
 
 from __future__ import annotations
 
+import os
 from itertools import accumulate
 from typing import Any
 
@@ -38,15 +39,32 @@ def supports(model: Any) -> bool:
 
 _LAST: list[Engine] = []  # the engine last handed out: its cache and graphs serve the next call
 
+# The paths a GPU has run (benchmarks/README.md, "GPU record", keeps this in step: a test compares
+# them): on CUDA only these are on by default; PATHREPLAY_UNVERIFIED_GPU=1 opts in to the rest.
+# The shared-prompt attention inside CUDA graphs and the pinned asynchronous capture copies were
+# built after the last GPU run (2026-11-26, v6 on an H100) and pass on the CPU only so far.
+GPU_VERIFIED = {"share": False, "async_copies": False}
+OPT_IN = "PATHREPLAY_UNVERIFIED_GPU"
+
+
+def gpu_default(path: str, device: torch.device | str) -> bool:
+    """Whether an engine path (`share`, `async_copies`) is on for a device: always on the CPU,
+    where every path is tested; on a GPU where the record says a GPU has run it, or opted in."""
+    if torch.device(device).type != "cuda":
+        return True
+    return GPU_VERIFIED[path] or os.environ.get(OPT_IN) == "1"
+
 
 def engine_for(model: Any, batch: int, max_len: int) -> Engine:
     """An engine with room for batch rows of max_len tokens: the last one, if it is for this
     model and has the room (a replay job calls this once per prompt or feature, and recapturing
-    graphs each time would cost more than a batch), else a new one."""
+    graphs each time would cost more than a batch), else a new one; shared prompts where
+    gpu_default allows them on the model's device."""
     if _LAST and _LAST[0].model is model and _LAST[0].k.shape[1] >= batch and _LAST[0].max_len >= max_len:
         return _LAST[0]
     _LAST.clear()  # free the old cache before the new one is allocated
-    _LAST.append(Engine(model, batch, -(-max_len // BUCKET) * BUCKET))
+    share = gpu_default("share", next(model.parameters()).device)
+    _LAST.append(Engine(model, batch, -(-max_len // BUCKET) * BUCKET, share=share))
     return _LAST[0]
 
 

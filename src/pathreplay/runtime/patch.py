@@ -271,7 +271,7 @@ def last_position_values(model: torch.nn.Module, tok: Any, texts: Sequence[str],
     dev = next(model.parameters()).device
     blocks = sorted({b for b, _ in features.values()})
     out = {name: np.zeros(len(texts)) for name in features}
-    for i in tqdm(range(0, len(texts), batch), desc="prompt activations", unit="batch", mininterval=5):
+    for i in tqdm(range(0, len(texts), batch), desc="prompt activations", unit="batch", mininterval=5, disable=None):
         ids, mask = encode_prompts(tok, texts[i: i + batch], dev)
         iv = Interventions(model, capture=blocks)
         with iv.active():

@@ -224,7 +224,7 @@ def encode_parts(sae: SAE, parts: Sequence[tuple[str, str]], layer: int, chunk: 
     """Every (part name, state file) of one layer in one process: the codes of all parts and the
     layer's quality, what the workflow's per-part jobs and the sae_quality merge give."""
     frames, partials = [], []
-    for part, path in tqdm(parts, desc=f"encode L{layer}", unit="part", mininterval=5):
+    for part, path in tqdm(parts, desc=f"encode L{layer}", unit="part", mininterval=5, disable=None):
         codes, q = encode_part(sae, part, path, chunk)
         frames.append(codes)
         if q is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -75,7 +76,15 @@ def sae_dir(template: str, layer: int) -> Path:
     parts = name.split("/")
     local = template.startswith(("/", ".")) or Path(parts[0]).is_dir()
     if len(parts) >= 2 and not local:
-        return _from_hub("/".join(parts[:2]), "/".join(parts[2:]))
+        try:
+            return _from_hub("/".join(parts[:2]), "/".join(parts[2:]))
+        except Exception as e:  # noqa: BLE001 - the download's errors: huggingface_hub's, httpx's, the OS's
+            from huggingface_hub.constants import HF_HUB_OFFLINE
+
+            fail(f"saes.path={template!r}", f"{name!r} is neither a folder here nor a Hugging Face hub path that "
+                 f"can be read{' offline' if HF_HUB_OFFLINE else ''} ({type(e).__name__}: {first_line(e)})",
+                 "give the local folder's path (relative paths are read from the working directory, else the "
+                 "repository), or a hub repo/subfolder downloaded beforehand (hf download) or reachable online")
     fail(f"saes.path={template!r}", f"no SAE folder for layer {layer} at {p}",
          "point saes.path at the per-layer folders (with {layer}) or list only existing saes.layers")
 
@@ -103,10 +112,14 @@ def _parse_hook(hook: str, where: str) -> int:
 def _json(path: Path) -> dict:
     if not path.exists():
         fail(str(path.parent), f"missing {path.name}", "check saes.format and saes.path")
+    if path.is_dir():
+        fail(str(path), "is a folder, not a file", "restore the file from the SAE release")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         fail(str(path), f"not valid JSON ({e})", "restore the file from the SAE release")
+    except OSError as e:
+        fail(str(path), f"cannot be read ({first_line(e)})", "make the file readable, or restore it from the release")
     if not isinstance(data, dict):
         fail(str(path), "is not a JSON object", "restore the file from the SAE release")
     return data
@@ -266,13 +279,75 @@ def weights_file(meta: SAEMeta) -> Path:
     f = meta.path / name
     if not f.exists():
         fail(str(meta.path), f"missing {name}", "check saes.format and saes.path")
+    if f.is_dir():
+        fail(str(f), "is a folder, not the weights file", "restore the file from the SAE release")
     return f
+
+
+# A tensor's expected shape from the metadata, and where that metadata comes from.
+_SAID_BY = {"llamascope": "hyperparams.json says", "saelens": "cfg.json says", "gemmascope": "W_enc's shape says"}
+_OPTIONAL = {"decoder.bias"}  # a Llama Scope SAE without use_decoder_bias may leave it out
+_INTS = {"I8": "int8", "U8": "uint8", "I16": "int16", "U16": "uint16", "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+def _expected(meta: SAEMeta) -> dict[str, tuple[int, ...]]:
+    """Each weight tensor the format's reader uses, with the shape d_sae and d_model imply."""
+    s, d = meta.d_sae, meta.d_model
+    if meta.format == "llamascope":
+        return {"encoder.weight": (s, d), "encoder.bias": (s,), "decoder.weight": (d, s), "decoder.bias": (d,)}
+    out = {"W_enc": (d, s), "b_enc": (s,), "W_dec": (s, d), "b_dec": (d,)}
+    return {**out, "threshold": (s,)} if meta.activation == "jumprelu" else out
+
+
+def tensor_headers(meta: SAEMeta) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, dtype name) of every tensor in the SAE's weights file, from the file's
+    header alone (no values read)."""
+    f = weights_file(meta)
+    try:
+        if meta.format != "gemmascope":
+            with safe_open(str(f), framework="pt", device="cpu") as st:
+                return {n: (tuple(st.get_slice(n).get_shape()), st.get_slice(n).get_dtype()) for n in st.keys()}
+        out = {}
+        with zipfile.ZipFile(f) as z:
+            for info in z.infolist():
+                with z.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)(fh)
+                out[info.filename.removesuffix(".npy")] = (tuple(shape), dtype.name)
+        return out
+    except Exception as e:  # noqa: BLE001 - safetensors', zipfile's and numpy's errors for a bad header
+        fail(str(f), f"cannot be read ({first_line(e)})", "the file is truncated or corrupt: download it again")
+
+
+def check_tensors(meta: SAEMeta) -> None:
+    """Refuse weights that do not match their metadata: a tensor the reader needs missing, a
+    shape other than d_sae and d_model imply (one stored transposed named so), or values that
+    are not floating point. Reads the file's header only."""
+    f, have = weights_file(meta), tensor_headers(meta)
+    dims = f"d_sae {meta.d_sae}, d_model {meta.d_model}"
+    for name, want in _expected(meta).items():
+        if name not in have:
+            if name in _OPTIONAL:
+                continue
+            fail(str(f), f"tensor {name!r} missing from the weights", "check saes.format matches the files")
+        shape, dtype = have[name]
+        if shape != want and len(want) == 2 and shape == want[::-1]:
+            fail(str(f), f"{name} is stored transposed: {list(shape)} where {_SAID_BY[meta.format]} {dims}, "
+                 f"which needs {list(want)}", "save it in the release's layout, or use the release's own file")
+        if shape != want:
+            fail(str(f), f"{name} has shape {list(shape)} but {_SAID_BY[meta.format]} {dims}, which needs "
+                 f"{list(want)}", "use the metadata and weights of one SAE (d_sae and d_model must match the weights)")
+        if not dtype.startswith(("F", "BF", "float", "bfloat")):
+            fail(str(f), f"{name} is stored as {_INTS.get(dtype, dtype)}, not floating point",
+                 "use the release's floating-point weights (pathreplay reads no quantized SAE: dequantize it first)")
 
 
 def exact_tensors(meta: SAEMeta, index: int | None, device: str | torch.device = "cpu") -> Exact:
     """The exact form, rows restricted to `index` when given."""
     rows = slice(None) if index is None else slice(index, index + 1)
     f = weights_file(meta)
+    check_tensors(meta)
     if meta.format == "gemmascope":
         out = _gemmascope_tensors(meta, rows)
     else:

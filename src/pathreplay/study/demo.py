@@ -111,7 +111,7 @@ def train_model(model: Any, tok: Any, examples: list[players.Example], spec: Dem
     model.train()
     losses = []
     batches = _batches(tok, examples, spec, rng)
-    for _ in tqdm(range(spec.steps), desc="train model", mininterval=5):
+    for _ in tqdm(range(spec.steps), desc="train model", mininterval=5, disable=None):
         ids, w = next(batches)
         logits = model(input_ids=ids).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
@@ -242,7 +242,7 @@ def build(out: Path, spec: DemoSpec = DemoSpec()) -> dict[str, Any]:
         train_x = block_outputs(model, tok, heldout_pairs(spec.sae_prompts, spec.seed + 2))
         test_x = block_outputs(model, tok, heldout_pairs(300, spec.seed + 3))
         saes = {}
-        for b in tqdm(range(spec.blocks), desc="train SAEs"):
+        for b in tqdm(range(spec.blocks), desc="train SAEs", disable=None):
             tensors, avg = train_sae(train_x[b], spec.sae_expansion * spec.d_model, spec.sae_steps,
                                      spec.seed + b)
             folder = tmp / "saes" / f"L{b}R"

@@ -53,7 +53,7 @@ def play_games(model: Any, tok: Any, layers: list[int], *, games: int, max_round
     final = {b: torch.zeros(games, d_model) for b in layers}
     stop_ids = stop_token_ids(tok, "\n" if stop_at_newline else None)
     active = list(range(games))
-    bar = tqdm(total=max_rounds, desc="exp1 rounds", mininterval=5)
+    bar = tqdm(total=max_rounds, desc="exp1 rounds", mininterval=5, disable=None)
     for rnd in range(max_rounds):
         if not active:
             break

@@ -29,6 +29,10 @@ class Counts(NamedTuple):
     docs: pd.DataFrame  # gid, text, word (id), docs
     keys: list[str]  # word id -> grouping key
     forms: list[list[str]]  # word id -> surface forms, shortest first
+    # what the logs hold for every shard alike, so that each shard judges emptiness the same way:
+    # trials read, and their (context, condition, is a feature's trial), words.contexts or not
+    read: int = 0
+    seen: frozenset[tuple[str, str, bool]] = frozenset()
 
 
 class WordCounter:
@@ -47,6 +51,8 @@ class WordCounter:
         self._pending_r: list[int] = []
         self._reset_cache()
         self.trials = 0
+        self.read = 0
+        self._seen: set[tuple[str, str, bool]] = set()
 
     def _reset_cache(self) -> None:
         # Distinct responses -> row of a ragged table of their word ids, one table per text;
@@ -73,6 +79,8 @@ class WordCounter:
     def add(self, t: Trials) -> None:
         contexts = set(self.cfg.contexts)
         shards, shard = self.cfg.shards, self.shard
+        self.read += len(t.layer)
+        self._seen.update(zip(t.context, t.condition, map((0).__le__, t.layer)))  # C loops: every trial passes
         for layer, fid, ctx, cond, lvl, resp in zip(*t):
             mine = self._mine.get((layer, fid))
             if mine is None:
@@ -121,7 +129,8 @@ class WordCounter:
         # text as its index in TEXTS: joins on a small int are far cheaper than on strings
         docs = [pd.DataFrame({"gid": k >> 32, "text": np.int8(TEXTS.index(name)), "word": k & 0xFFFFFFFF, "docs": c})
                 for name, (k, c) in self._pairs.items()]
-        return Counts(groups, pd.concat(docs, ignore_index=True), list(self.index.keys), self.index.form_lists())
+        return Counts(groups, pd.concat(docs, ignore_index=True), list(self.index.keys), self.index.form_lists(),
+                      self.read, frozenset(self._seen))
 
 
 def _merge_counts(old_k: np.ndarray, old_c: np.ndarray, new_k: np.ndarray,

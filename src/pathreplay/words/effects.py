@@ -9,11 +9,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import fail
 from ..features import feature_name
 from ..stats.multiple import bh
 from ..stats.tables import chi2_2x2, cochran_armitage, fisher_exact_2x2, log_odds_prior
 from .counts import Counts, count_logs, shard_of
-from .settings import TEXTS, Contrast, WordsConfig, level_label
+from .settings import ORIGINAL_CONTRASTS, TEXTS, Contrast, WordsConfig, level_label
 
 log = logging.getLogger("pathreplay.words")
 
@@ -206,17 +207,68 @@ def relabel(effects: pd.DataFrame) -> pd.DataFrame:
     return effects.assign(word=effects.stem.map(label)).astype(DTYPES)
 
 
+def unmatched(counts: Counts, cfg: WordsConfig) -> list[Contrast]:
+    """The contrasts that match no trials of the whole logs (every shard's features, within
+    words.contexts): no feature's trial in the patched condition with baseline trials in its
+    context."""
+    seen = _in_contexts(counts, cfg)
+    out = []
+    for c in cfg.contrasts:
+        ctxs = {x for x, cond, feature in seen if cond == c.patched and feature and c.context in (None, x)}
+        if not any((x, c.baseline, f) in seen for x in ctxs for f in (False, True)):
+            out.append(c)
+    return out
+
+
+def _in_contexts(counts: Counts, cfg: WordsConfig) -> frozenset[tuple[str, str, bool]]:
+    return frozenset(k for k in counts.seen if not cfg.contexts or k[0] in cfg.contexts)
+
+
+def refuse_empty(counts: Counts, cfg: WordsConfig) -> None:
+    """Unless words.allow_empty: refuse logs that hold no trials (in words.contexts), a contrast
+    of words.contrasts that matches no trials, and, with the original four contrasts and no
+    levels, logs that none of them matches. The same for every shard (counts.read and .seen
+    are the whole logs')."""
+    if cfg.allow_empty:
+        return
+    fix = "or set words.allow_empty: true to accept an empty result"
+    seen = _in_contexts(counts, cfg)
+    conditions = _short(sorted({cond for _, cond, _ in seen}))
+    if not counts.read:
+        fail("config words.logs", "the logs hold no trials", f"check the files it names, {fix}")
+    if not seen:
+        fail("config words.contexts", f"no trial of the logs is in {list(cfg.contexts)} (they have "
+             f"{_short(sorted({x for x, _, _ in counts.seen}))})", f"list contexts the logs have, {fix}")
+    bad = unmatched(counts, cfg)
+    if cfg.contrasts == ORIGINAL_CONTRASTS:
+        if cfg.levels == "none" and len(bad) == len(cfg.contrasts):
+            fail("config words.contrasts", f"none of the original four contrasts matches the logs' conditions "
+                 f"({conditions})", f"list contrasts of your conditions under words.contrasts, {fix}")
+    elif bad:
+        c = bad[0]
+        fail(f"config words.contrasts[{cfg.contrasts.index(c)}] ({c.name})",
+             f"matches no trials: no feature's {c.patched!r} trials beside {c.baseline!r} trials"
+             f"{f' in context {c.context!r}' if c.context else ''} (the logs' conditions: {conditions})",
+             f"name conditions the logs have (words.columns.condition maps the column), {fix}")
+
+
+def _short(items: Sequence[object], n: int = 8) -> str:
+    head = ", ".join(map(str, list(items)[:n]))
+    return head + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
 def untested(counts: Counts, cfg: WordsConfig) -> list[str]:
     """What the logs leave untested, said rather than dropped: contrasts that match no trials,
     features of a contrast without the baseline it needs, and (ordered levels) features with one
     level only."""
     g = counts.groups[counts.groups.layer >= 0]
     out = []
+    empty = unmatched(counts, cfg)
     for c in cfg.contrasts:
         mine = _in_context(counts.groups, c)
         pairs = _pairs(mine, c)
         treated = mine[(mine.condition == c.patched) & (mine.layer >= 0)]
-        if not len(treated):
+        if c in empty:
             out.append(f"contrast {c.name} ({c.baseline} vs {c.patched}) matches no trials")
         elif len(pairs) < len(treated):
             lost = treated.merge(pairs[FC], on=FC, how="left", indicator=True)
@@ -235,9 +287,11 @@ def untested(counts: Counts, cfg: WordsConfig) -> list[str]:
 
 def run_shard(paths: Sequence[str], cfg: WordsConfig, answer_end: Callable[[str], int],
               shard: int | None = None) -> pd.DataFrame:
-    """Count and test the features of one shard (all features when `shard` is None); say in the
-    log what the logs leave untested. `answer_end`: where a response's answer ends (count_logs)."""
+    """Count and test the features of one shard (all features when `shard` is None); refuse
+    logs that leave nothing to test (refuse_empty), and say in the log what they leave
+    untested. `answer_end`: where a response's answer ends (count_logs)."""
     counts = count_logs(paths, cfg, answer_end, shard)
+    refuse_empty(counts, cfg)
     for what in untested(counts, cfg):
         log.warning("not tested: %s", what)
     out = word_effects(counts, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import json
@@ -10,12 +11,12 @@ import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, NoReturn
 
-import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import fail
+from ..errors import fail, first_line
 from ..features import parse_feature_name
 from .settings import LOG_FIELDS, WordsConfig, level_label
 
@@ -47,8 +48,10 @@ def _format(path: str) -> str:
     return kinds[suffix]
 
 
-def _open(path: str) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+def _open(path: str, newline: str | None = None, encoding: str = "utf-8") -> IO[str]:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding=encoding, newline=newline)
+    return open(path, encoding=encoding, newline=newline)
 
 
 def _source_columns(cfg: WordsConfig) -> dict[str, str]:
@@ -105,16 +108,49 @@ def _columns_chunks(path: str, kind: str, wanted: set[str], chunk: int) -> Itera
             present = {k for r in recs[:50] for k in r} & wanted
             yield {k: [r.get(k) for r in recs] for k in present}
     elif kind in ("csv", "tsv"):
-        sep = "," if kind == "csv" else "\t"
-        header = pd.read_csv(path, sep=sep, nrows=0).columns
-        use = [c for c in header if c in wanted]
-        for df in pd.read_csv(path, sep=sep, usecols=use, chunksize=chunk, dtype=str, keep_default_na=False):
-            yield {c: df[c].tolist() for c in use}
+        yield from _chunks_csv(path, "," if kind == "csv" else "\t", wanted, chunk)
     else:
         pf = pq.ParquetFile(path)
         use = [c for c in pf.schema_arrow.names if c in wanted]
         for batch in pf.iter_batches(batch_size=chunk, columns=use):
             yield {c: batch.column(c).to_pylist() for c in use}
+
+
+def _chunks_csv(path: str, sep: str, wanted: set[str], chunk: int) -> Iterator[dict[str, list]]:
+    """Chunks of a CSV/TSV log's wanted columns as text; a row with more or fewer fields than
+    the header, or broken quoting, is one UserError naming its line (blank lines are skipped)."""
+    csv.field_size_limit(2**31 - 1)  # a response may be longer than csv's default 128 KiB field
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+    with _open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = csv.reader(fh, delimiter=sep, strict=True)
+        header, use, out, n = None, [], {}, 0
+        while True:
+            start = rows.line_num + 1  # a quoted field can span lines: the record's first one
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                fail(f"{path} line {start}", f"is not valid {'CSV' if sep == ',' else 'TSV'} ({e})",
+                     "close every quoted field, and double a quote inside one")
+            if header is None:
+                header = row
+                use = [(i, c) for i, c in enumerate(header) if c in wanted]
+                out = {c: [] for _, c in use}
+                continue
+            if len(row) != len(header):
+                if not row:
+                    continue
+                fail(f"{path} line {start}", f"has {len(row)} fields where the header has {len(header)}",
+                     "give every row the header's fields (quote a field that holds the separator)")
+            for i, c in use:
+                out[c].append(row[i])
+            n += 1
+            if n == chunk:
+                yield out
+                out, n = {c: [] for _, c in use}, 0
+        if n:
+            yield out
 
 
 def _ints(values: list, path: str, field: str) -> list[int]:
@@ -187,21 +223,37 @@ def _canonical(raw: dict[str, list], path: str, cfg: WordsConfig) -> Trials:
 
 
 def read_trials(paths: Sequence[str], cfg: WordsConfig) -> Iterator[Trials]:
-    """Stream every log file as canonical chunks of at most `cfg.chunk_rows` trials."""
+    """Stream every log file as canonical chunks of at most `cfg.chunk_rows` trials; a log that
+    cannot be read to its end is one UserError saying why (_unreadable)."""
     wanted = set(_source_columns(cfg).values())
     for path in paths:
         if not os.path.exists(path):
             fail(path, "log file not found", "fix words.logs")
-        kind = _format(path)
-        chunks = _columns_chunks(path, kind, wanted, cfg.chunk_rows)
+        if os.path.isdir(path):
+            fail(path, "is a folder, not a log file", "fix words.logs so that it names files")
+        chunks = _columns_chunks(path, _format(path), wanted, cfg.chunk_rows)
         while True:
             try:
                 raw = next(chunks)
             except StopIteration:
                 break
-            except UnicodeDecodeError as e:
-                fail(path, f"is not UTF-8 text ({e.reason})", "save the log as UTF-8")
-            except (EOFError, OSError, zlib.error) as e:  # a .gz cut short, a file that is not gzip
-                fail(path, f"cannot be read to its end ({type(e).__name__}: {e})", "copy the log again; it is truncated")
+            except (UnicodeDecodeError, EOFError, OSError, zlib.error, pa.ArrowException) as e:
+                _unreadable(path, e)
             if raw:
                 yield _canonical(raw, path, cfg)
+
+
+def _unreadable(path: str, e: BaseException) -> NoReturn:
+    """One UserError for a log that cannot be read: not UTF-8, named .gz but not gzip, a gzip
+    or Parquet file cut short or corrupt, or a file the system will not read."""
+    what = f"{type(e).__name__}: {first_line(e)}"
+    if isinstance(e, UnicodeDecodeError):
+        fail(path, f"is not UTF-8 text ({e.reason})", "save the log as UTF-8")
+    if isinstance(e, gzip.BadGzipFile):
+        fail(path, f"is named .gz but is not gzip ({what})", "rename it without .gz, or compress it with gzip")
+    if isinstance(e, (EOFError, zlib.error)):
+        fail(path, f"cannot be read to its end: its gzip data is truncated or corrupt ({what})", "copy the log again")
+    if isinstance(e, pa.ArrowException) and not isinstance(e, pa.ArrowIOError):
+        fail(path, f"is not a readable Parquet file: truncated, or not Parquet ({what})",
+             "copy the log again, or name it for its format")
+    fail(path, f"cannot be read ({what})", "make the log readable, or fix words.logs")

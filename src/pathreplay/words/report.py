@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import fail
 from ..features import feature_name
 from ..io import atomic_dir, read_tables, write_json, write_table
-from ..report.figures import pyplot, savefig
+from ..report.canvas import pyplot, savefig
 from .effects import SORT, empty_effects, relabel
 from .settings import ORIGINAL_ALL_KEYS, WordsConfig
 
@@ -128,8 +129,14 @@ def volcano_plots(effects: pd.DataFrame, out_dir: str | os.PathLike[str], cfg: W
 
 def merge_shards(shard_paths: Sequence[str], cfg: WordsConfig, effects_path: str, json_path: str,
                  plot_dir: str) -> pd.DataFrame:
-    """Concatenate shard tables and write the three final outputs, each atomically."""
+    """Concatenate shard tables and write the three final outputs, each atomically; no tested
+    word at all is one UserError before anything is written, unless words.allow_empty."""
     effects = relabel(read_tables(shard_paths, empty_effects())).sort_values(SORT, ignore_index=True)
+    if effects.empty and not cfg.allow_empty:
+        fail("config words", f"no word was tested in any shard: no word is said by words.min_count ({cfg.min_count}) "
+             "of the responses a contrast compares", "lower words.min_count, check words.contrasts and "
+             "words.contexts against the logs (the shard logs say what was not tested), or set "
+             "words.allow_empty: true to accept an empty result")
     write_table(effects, effects_path)
     write_json(causal_json(effects, cfg), json_path)
     with atomic_dir(plot_dir) as tmp:

@@ -62,6 +62,7 @@ class WordsConfig(NamedTuple):
     shards: int
     top_features_plot: int
     chunk_rows: int
+    allow_empty: bool = False  # zero tested words, or a contrast that matches nothing, is then no error
 
 
 def level_label(x: Any) -> str:
@@ -126,7 +127,8 @@ def words_config(section: Mapping[str, Any] | None) -> WordsConfig:
         stopwords=_stopwords(s["stopwords"]), min_length=int(s["min_length"]), min_count=int(s["min_count"]),
         stem=bool(s["stem"]), test=cast(Literal["fisher", "chi2"], test), prior_strength=float(s["prior_strength"]),
         alpha=float(s["alpha"]), top_words=int(s["top_words"]), shards=int(s["shards"]),
-        top_features_plot=int(s["top_features_plot"]), chunk_rows=int(s["chunk_rows"]))
+        top_features_plot=int(s["top_features_plot"]), chunk_rows=int(s["chunk_rows"]),
+        allow_empty=bool(s["allow_empty"]))
     for key in ("min_count", "shards", "chunk_rows"):
         if getattr(cfg, key) < 1:
             fail(f"config words.{key}", "must be at least 1", f"set words.{key} to a positive integer")
