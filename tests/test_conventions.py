@@ -43,7 +43,7 @@ def test_the_env_file_builds_from_its_copy(tmp_path):
     copy.mkdir(parents=True)
     (copy / "req.txt").write_text("\n".join(pip) + "\n")
     common = (RULES / "common.smk").read_text()
-    assert 'os.environ["PATHREPLAY_ROOT"] = str(REPO)' in common
+    assert 'os.environ.update(PATHREPLAY_ROOT=str(REPO))' in common
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation",
                         "--no-index", "--report", "-", "-r", "req.txt"], cwd=copy, capture_output=True, text=True,
                        env={**os.environ, "PATHREPLAY_ROOT": str(ROOT)}, timeout=300)
