@@ -48,9 +48,8 @@ def _check_config():
         validate(config, schema=str(SCHEMA))
     except WorkflowError as err:
         raise UserError(schema_message(err)) from err
-    neuronpedia = apply_release(
-        config["saes"]
-    )  # a sae-lens release fills path and format
+    # a sae-lens release fills path and format
+    neuronpedia = apply_release(config["saes"])
     links = link_templates(
         config["features"]["links"], config["saes"]["layers"], neuronpedia
     )
@@ -68,9 +67,8 @@ def _check_config():
 ESTIMATE, FEATURE_LINKS = run_cli(_check_config)
 if ESTIMATE:
     print(f"pathreplay: {ESTIMATE}", file=sys.stderr)
-    if is_dry_run(
-        sys.argv
-    ):  # a dry run ends with what the run will do, after the table of jobs
+    # a dry run ends with what the run will do, after the table of jobs
+    if is_dry_run(sys.argv):
         N_PROMPTS = len(read_prompt_ids(config["prompts"]["file"]))
         atexit.register(
             print, describe(config, N_PROMPTS, ESTIMATE, str(REPO)), flush=True
@@ -205,6 +203,7 @@ def selection_rows(**where):
     return list(first.values())
 
 
+@cache
 @cache
 def _plan_of(path, mtime_ns):
     return index_plan(_read_tsv(path, mtime_ns))
@@ -436,7 +435,7 @@ def default_targets():
 
 
 def every_file(wildcards=None):
-    """The default targets and every file they are made from. Snakemake leaves a lost
+    """Every file the default targets are made from (rule all names both). Snakemake leaves a lost
     intermediate alone while what was made from it is up to date, and re-makes it once a target
     names it: so a deleted part is re-made by a plain rerun, and only it and what reads it.
     """
@@ -453,7 +452,7 @@ def every_file(wildcards=None):
     each += [effects_inputs(SimpleNamespace(feature=f)) for f in selected_features()]
     each += [encode_patched_inputs(SimpleNamespace(shard=s)) for s in replay_shards()]
     words = [f"results/words/shards/{i}.parquet" for i in range(WORDS_CFG.shards)]
-    files = set(default_targets()) | set(words if WORDS_LOGS else [])
+    files = set(words if WORDS_LOGS else [])
     for inputs in each:
         for v in inputs.values():
             files.update([str(v)] if isinstance(v, str) else map(str, v))
