@@ -15,7 +15,7 @@ import torch
 
 from conftest import PLANTED, replay_prompts
 from pathreplay.effects.layers import feature_effects
-from pathreplay.effects.placebo import placebo_study
+from pathreplay.effects.placebo import CALIBRATION, placebo_study, split_minima
 from pathreplay.errors import UserError
 from pathreplay.features import feature_name
 from pathreplay.pathways.checks import null_summary, placebo_summary, upstream_summary
@@ -226,6 +226,15 @@ def test_the_controls_through_the_same_tests(traced):
     gen = rows.loc[("generated", "trials")]
     assert gen["splits"] == 20 and gen["tests"] > 20 and gen["p_below_alpha"] <= 1.5 * 0.05
     assert gen["splits_with_discoveries"] <= 2
+    # the calibration splits test only what could pass |delta| > min_delta: the same minima
+    md = float(study["delta"].abs().quantile(0.9))  # this model's placebo moves little: a tenth pass
+    full, big = (split_minima(placebo_study(baseline, traced["codes"], [[q.id for q in PROMPTS]], 20, SEED, md, 2,
+                                            CALIBRATION, b), md) for b in (False, True))
+    assert (full["min_p"] < 1).any()
+    key = ["split", "scope", "level"]
+    big_on_full = big.set_index(key)["min_p"].reindex(full.set_index(key).index).fillna(1.0)  # absent: none big
+    assert np.array_equal(big_on_full.to_numpy(), full["min_p"].to_numpy())
+    assert big["tests"].sum() < full["tests"].sum() / 2
     n = null_summary(eff, 0.05, 0.05)
     assert set(n["contrast"]) == {"real", "sham", "random"}
     # with one prompt-level difference per prompt, 3 prompts give an exact sign-flip p of 0.25 at best
@@ -353,13 +362,13 @@ def _synthetic_source(rng, layer, fid, conds, n_layers=4, n_feats=60, drop=0.15)
     return within_source(out[~up].reset_index(drop=True)), out[up].reset_index(drop=True)[COLUMNS[:-1]]
 
 
-def _in_memory(eff_paths, up_paths, alpha, min_delta):
+def _in_memory(eff_paths, up_paths, alpha, min_delta, floors=None):
     """What workflow/scripts/pathways.py computed before it streamed."""
     from pathreplay.effects.layers import COLUMNS
     from pathreplay.io import read_tables
 
     effects = run_wide(read_tables(eff_paths, pd.DataFrame(columns=COLUMNS)))
-    return (edges(effects, alpha, min_delta), null_summary(effects, alpha, min_delta),
+    return (edges(effects, alpha, min_delta, floors), null_summary(effects, alpha, min_delta, floors),
             upstream_summary(read_tables(up_paths, pd.DataFrame(columns=COLUMNS[:-1]))))
 
 
@@ -388,9 +397,10 @@ def test_streaming_equals_in_memory(tmp_path, monkeypatch, seed, same, rg, shuff
 
     monkeypatch.setattr(runwide, "MANY_RUNS", 0 if shuffle else runwide.MANY_RUNS)
     eff, ups = _write_sources(tmp_path, seed, same, rg, shuffle)
-    for alpha, min_delta in ((0.05, 0.05), (0.2, 0.0)):
-        e, null, up = _in_memory(eff, ups, alpha, min_delta)
-        run = run_tables(eff, ups, alpha, min_delta, workers=1 + seed % 2)  # 2: forked processes
+    floors = {("generated", "trials"): 1e-3, ("generated", "prompts"): 2e-4}
+    for alpha, min_delta, floor in ((0.05, 0.05, None), (0.2, 0.0, None), (0.05, 0.05, floors)):
+        e, null, up = _in_memory(eff, ups, alpha, min_delta, floor)
+        run = run_tables(eff, ups, alpha, min_delta, workers=1 + seed % 2, floors=floor)  # 2: forked processes
         assert len(e) > 3 and e["nonspecific"].any() and e["delta_forced"].eq(0).any()  # the paths are exercised
         assert {"computed", "passthrough"} <= set(e["kind"]) and null["discoveries_computed"].sum() > 0
         pd.testing.assert_frame_equal(run.edges, e, check_exact=True)
@@ -399,6 +409,17 @@ def test_streaming_equals_in_memory(tmp_path, monkeypatch, seed, same, rg, shuff
         pd.testing.assert_frame_equal(chains(run.edges, {}), chains(e, {}), check_exact=True)
         assert run.real_tests == int(run_wide(pd.concat(map(pd.read_parquet, eff)))
                                      .query("control == 'real'")["p_value"].notna().sum())
+        if floor:  # the floor took generated claims out, and only those
+            free = run_tables(eff, ups, alpha, min_delta).edges
+            g, fg = (x[x["scope"] == "generated"] for x in (e, free))
+            assert len(g) < len(fg) and (g["p_value"] < 1e-3).all() and (fg["p_value"] >= 1e-3).any()
+            assert (g.loc[g["kind"] == "computed", "p_computed"] < 1e-3).all()
+            assert (g.loc[g["general"], "p_prompts"] < 2e-4).all() and fg["general"].sum() > g["general"].sum()
+            pd.testing.assert_frame_equal(e[e["scope"] != "generated"].reset_index(drop=True),
+                                          free[free["scope"] != "generated"].reset_index(drop=True))
+            n, nf = (x[x["scope"] == "generated"]["discoveries"].sum() for x in (null, run_tables(eff, ups, alpha,
+                                                                                                   min_delta).null))
+            assert n < nf
 
 
 def test_streaming_of_the_traced_run_and_of_nothing(traced, tmp_path):

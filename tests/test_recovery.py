@@ -56,6 +56,7 @@ def _cases(wd: Path) -> list[tuple[str, str, int, set[str]]]:
         (f"results/effects/{f}.upstream.parquet", "effects", 1, set()),
         (f"results/attribution/{f}.parquet", "attribute", 1, set()),
         ("results/qc/placebo.parquet", "placebo", 1, set()),
+        ("results/qc/placebo_floors.tsv", "placebo", 1, set()),
         ("results/behavior/plan.tsv", "behaviour_plan", 1, set()),
         ("results/behavior/trials/s000.parquet", "behaviour_patched", 1, set()),
         ("results/screen/features.parquet", "screen", 1, set()),

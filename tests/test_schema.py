@@ -12,7 +12,8 @@ from pathreplay.schema import SCHEMA, defaults, schema_message
 def test_schema_is_the_workflows():
     assert SCHEMA == ROOT / "workflow" / "schemas" / "config.schema.yaml"
     assert defaults("stats") == {"alpha": 0.05, "min_delta": 0.05, "min_prompts": 2, "max_chains": 50,
-                                "max_mediators": 256, "placebo_splits": 20}
+                                "max_mediators": 256, "placebo_splits": 20,
+                                "placebo_calibration_splits": 200, "placebo_fwer": 0.025}
     assert defaults("replay")["mode"] == "decoder" and "conditions" in defaults("replay")
 
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -106,6 +107,14 @@ def test_controls_sham_exact_placebo_calibrated(run):
     assert len(plac) == 2 * 2 and (plac["splits"] == 20).all()  # prompt_last and generated, trial and prompt level
     gen = plac[plac["scope"] == "generated"].set_index("level")
     assert gen.loc["trials", "p_below_alpha"] <= 1.5 * 0.05 and gen.loc["trials", "tests"] > 0
+    floors = pd.read_csv(run / "results/qc/placebo_floors.tsv", sep="\t").set_index(["scope", "level"])
+    assert set(floors.index) == {("generated", "trials"), ("generated", "prompts")}  # prompt_last: nothing varies
+    assert (floors["splits"] == 200).all() and (floors["rank"] == 6).all()  # floor(0.025 * 200) + 1
+    assert np.allclose(gen["floor"], floors.loc["generated"].reindex(gen.index)["floor"])
+    edges = pd.read_parquet(run / "results/pathways/edges.parquet")
+    e = edges[edges["scope"] == "generated"]
+    assert (e["p_value"] < floors.loc[("generated", "trials"), "floor"]).all()
+    assert (e.loc[e["general"], "p_prompts"] < floors.loc[("generated", "prompts"), "floor"]).all()
     up = pd.read_csv(run / "results/qc/upstream.tsv", sep="\t")
     assert (up.loc[up["scope"] == "forced", "differing"] == 0).all() and len(up)
 

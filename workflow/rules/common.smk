@@ -204,7 +204,6 @@ def selection_rows(**where):
 
 
 @cache
-@cache
 def _plan_of(path, mtime_ns):
     return index_plan(_read_tsv(path, mtime_ns))
 
@@ -337,6 +336,7 @@ def pathway_inputs(wildcards=None):
     return {
         "gates": "results/qc/gates.tsv",
         "placebo": "results/qc/placebo.parquet",
+        "placebo_floors": "results/qc/placebo_floors.tsv",
         "plan": plan_file(),
         "sae_quality": "results/qc/sae_quality.tsv",
         "patched_quality": [

@@ -21,20 +21,23 @@ rule effects:
 
 
 # The placebo as a calibration study: re-splits of each prompt's exchangeable unpatched trials,
-# through the effects' own tests, once per distinct prompt set.
+# through the effects' own tests, once per distinct prompt set; disjoint splits set the floor a
+# claim's p must be under.
 rule placebo:
     input:
         unpack(placebo_inputs),
     output:
-        "results/qc/placebo.parquet",
+        study="results/qc/placebo.parquet",
+        floors="results/qc/placebo_floors.tsv",
     log:
         "results/logs/placebo.log",
     conda:
         "../../envs/pathreplay.yaml"
     params:
         splits=config["stats"]["placebo_splits"],
+        calibration_splits=config["stats"]["placebo_calibration_splits"],
         seed=config["seed"],
-        stats=pick("stats", "min_delta", "min_prompts"),
+        stats=pick("stats", "min_delta", "min_prompts", "placebo_fwer"),
         prompt_sets=prompt_sets,
     script:
         "../scripts/placebo.py"

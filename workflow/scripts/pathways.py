@@ -16,8 +16,11 @@ from pathreplay.workflow import run_script
 
 def main(sm):
     st = sm.params.stats
+    f = read_table(sm.input.placebo_floors)
+    floors = dict(zip(zip(f["scope"], f["level"]), f["floor"].astype(float)))
     # file by file; pass 2 in the rule's threads (forked processes)
-    run = run_tables(sm.input.effects, sm.input.upstream, st["alpha"], st["min_delta"], workers=int(sm.threads or 1))
+    run = run_tables(sm.input.effects, sm.input.upstream, st["alpha"], st["min_delta"], workers=int(sm.threads or 1),
+                     floors=floors)
     patched = read_tables(sm.input.patched)
     fidelity = patch_fidelity(patched)
     quality = patched_quality(read_tables(sm.input.patched_quality), read_table(sm.input.sae_quality),
@@ -34,11 +37,11 @@ def main(sm):
     write_table(e, sm.output.edges)
     write_table(chains(e, patch_signs(patched)), sm.output.chains)
     study = placebo_summary(read_table(sm.input.placebo), run.cutoffs, st["alpha"], st["min_delta"],
-                            len(sm.params.prompt_sets))
+                            len(sm.params.prompt_sets), floors)
     for r in study.itertuples():
         logging.info("placebo %s, %s level: %d splits, mean share of p < %g %.4f (95th percentile %.4f), "
-                     "%d splits with a discovery at the real cutoff %.3g", r.scope, r.level, r.splits, st["alpha"],
-                     r.p_below_alpha, r.p_below_alpha_p95, r.splits_with_discoveries, r.cutoff)
+                     "%d splits with a discovery at the real cutoff %.3g and floor %.3g", r.scope, r.level, r.splits,
+                     st["alpha"], r.p_below_alpha, r.p_below_alpha_p95, r.splits_with_discoveries, r.cutoff, r.floor)
     write_table(with_placebo(run.null, study), sm.output.null)
     write_table(run.upstream, sm.output.upstream)
     write_table(fidelity, sm.output.fidelity)

@@ -11,6 +11,7 @@ import pandas as pd
 from ..features import feature_name
 from ..replay.plan import control_of
 from ..stats.multiple import ks_uniform
+from .edges import Floors, under_floor
 
 NULL_COLUMNS = ["source", "contrast", "scope", "tests", "discoveries", "discoveries_within_source",
                 "discoveries_computed", "min_q", "max_abs_delta", "p_below_alpha", "ks", "ks_p"]
@@ -20,14 +21,17 @@ UPSTREAM_COLUMNS = ["source", "condition", "control", "scope", "layer", "feature
                     "tests", "min_p"]
 
 
-def null_summary(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame:
+def null_summary(effects: pd.DataFrame, alpha: float, min_delta: float, floors: Floors | None = None
+                 ) -> pd.DataFrame:
     """One row per (source, contrast, scope), the real contrast beside the controls: tests,
-    discoveries at the run's thresholds, within the source and of the computed parts (q_computed,
-    delta_computed), the smallest q, the largest
+    discoveries at the run's thresholds (the placebo floors too), within the source (BH and
+    |delta| alone) and of the computed parts (q_computed, delta_computed), the smallest q, the largest
     |delta|, the share of p below alpha (a calibrated null test keeps it at or under alpha) and
     a Kolmogorov-Smirnov distance of the p-values from uniform (sign-flip p-values of few
     non-zero pairs are discrete and conservative, which this distance also counts)."""
     rows = []
+    effects = effects.assign(_t=under_floor(effects, "p_value", "trials", floors),
+                             _c=under_floor(effects, "p_computed", "trials", floors))
     for (layer, fid, control, scope), g in effects.groupby(["source_layer", "source_feature", "control", "scope"],
                                                            observed=True):
         p = g["p_value"].to_numpy(float)
@@ -35,10 +39,10 @@ def null_summary(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.Da
         big = g["delta"].abs() > min_delta
         rows.append({"source": feature_name(layer, fid), "contrast": control, "scope": scope,
                      "tests": int(g["p_value"].notna().sum()),
-                     "discoveries": int(((g["q_value"] < alpha) & big).sum()),
+                     "discoveries": int(((g["q_value"] < alpha) & big & g["_t"]).sum()),
                      "discoveries_within_source": int(((g["q_within_source"] < alpha) & big).sum()),
                      "discoveries_computed": int(((g["q_computed"] < alpha) & (g["delta_computed"].abs() > min_delta)
-                                                  ).sum()),
+                                                  & g["_c"]).sum()),
                      "min_q": float(g["q_value"].min()), "max_abs_delta": float(g["delta"].abs().max()),
                      "p_below_alpha": float(np.mean(p[~np.isnan(p)] < alpha)) if (~np.isnan(p)).any() else np.nan,
                      "ks": stat, "ks_p": ks_p})
@@ -147,15 +151,16 @@ def annotate(e: pd.DataFrame, fidelity: pd.DataFrame, quality: pd.DataFrame) -> 
 
 
 PLACEBO_SUMMARY = ["level", "splits", "p_below_alpha_median", "p_below_alpha_p95", "discoveries_p95",
-                   "splits_with_discoveries", "cutoff"]
+                   "splits_with_discoveries", "cutoff", "floor"]
 
 
 def placebo_summary(placebo: pd.DataFrame, cutoffs: dict[str, float], alpha: float, min_delta: float,
-                    prompt_sets: int) -> pd.DataFrame:
+                    prompt_sets: int, floors: Floors | None = None) -> pd.DataFrame:
     """null.tsv's rows of the placebo calibration study (effects.placebo): per scope and level
-    (`trials`: p_value, `prompts`: p_prompts), over the splits, each split's distinct tests (every
-    prompt set once) judged at the real family's BH cutoff of that level (a placebo test is a
-    discovery where p <= the real cutoff and |delta| > min_delta): tests per split, discoveries
+    (`trials`: p_value, `prompts`: p_prompts), over the check splits, each split's distinct tests
+    (every prompt set once) judged as a real claim is: a discovery where p <= the real family's BH
+    cutoff of that level (`cutoff`), p < the scope's floor at that level (`floor`, set by the
+    calibration splits: NaN where none) and |delta| > min_delta. Per split: tests, discoveries
     (median; 95th percentile; splits with any), the share of p below alpha (mean: `p_below_alpha`;
     median; 95th percentile). A calibrated test keeps the mean share at or under alpha."""
     def stat(fn, x: np.ndarray) -> float:
@@ -165,12 +170,13 @@ def placebo_summary(placebo: pd.DataFrame, cutoffs: dict[str, float], alpha: flo
     rows = []
     for scope, g in placebo.groupby("scope", sort=True):
         for level, col in (("trials", "p_value"), ("prompts", "p_prompts")):
+            floor = (floors or {}).get((scope, level), np.inf)
             per = []
             for _, s in g.groupby("split", sort=True):
                 p = s[col].to_numpy(float)
                 ok = ~np.isnan(p)
-                disc = int(((p <= cutoffs[level]) & ok & (s["delta"].abs() > min_delta).to_numpy()).sum())
-                per.append((int(ok.sum()), disc, float(np.mean(p[ok] < alpha)) if ok.any() else np.nan))
+                claim = (p <= cutoffs[level]) & (p < floor) & ok & (s["delta"].abs() > min_delta).to_numpy()
+                per.append((int(ok.sum()), int(claim.sum()), float(np.mean(p[ok] < alpha)) if ok.any() else np.nan))
             tests, disc, share = (np.array(x, float) for x in zip(*per)) if per else (np.zeros(0),) * 3
             rows.append({"source": f"every prompt set ({prompt_sets})", "contrast": "placebo", "scope": scope,
                          "tests": int(np.median(tests)) if len(tests) else 0, "discoveries": float(np.median(disc)),
@@ -180,7 +186,7 @@ def placebo_summary(placebo: pd.DataFrame, cutoffs: dict[str, float], alpha: flo
                          "p_below_alpha_median": stat(np.median, share),
                          "p_below_alpha_p95": stat(lambda x: np.percentile(x, 95), share),
                          "discoveries_p95": float(np.percentile(disc, 95)), "splits_with_discoveries": int((disc > 0).sum()),
-                         "cutoff": cutoffs[level]})
+                         "cutoff": cutoffs[level], "floor": floor if np.isfinite(floor) else np.nan})
     return pd.DataFrame(rows, columns=NULL_COLUMNS + PLACEBO_SUMMARY)
 
 

@@ -3,6 +3,8 @@ and generated deltas side by side and the random control's verdict, and chains w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -19,6 +21,18 @@ CHAIN_COLUMNS = ["path", "scope", "condition", "hops", "a", "mids", "c", "delta_
 
 KINDS = ("computed", "passthrough", "total")  # what an edge is: see edges
 
+Floors = Mapping[tuple[str, str], float]  # (scope, level) -> a claim there needs p < this (effects.placebo)
+
+
+def under_floor(rows: pd.DataFrame, column: str, level: str, floors: Floors | None) -> np.ndarray:
+    """Rows whose p (`column`) is under their scope's placebo floor at `level` (`trials`,
+    `prompts`); every row where its scope has none."""
+    limit = {scope: v for (scope, lev), v in (floors or {}).items() if lev == level}
+    if not limit:
+        return np.ones(len(rows), bool)
+    f = pd.Series(rows["scope"].astype(object).to_numpy()).map(limit).fillna(np.inf).to_numpy(float)
+    return rows[column].to_numpy(float) < f
+
 
 def run_wide(effects: pd.DataFrame) -> pd.DataFrame:
     """q_value: BH over every real test of the run (all sources, scopes and layers); each
@@ -31,17 +45,20 @@ def run_wide(effects: pd.DataFrame) -> pd.DataFrame:
                              for name in ("value", "computed", "prompts")})
 
 
-def significant(rows: pd.DataFrame, alpha: float, min_delta: float) -> pd.Series:
-    """The total change is a discovery: q < alpha and |delta| > min_delta."""
-    return (rows["q_value"] < alpha) & (rows["delta"].abs() > min_delta)
+def significant(rows: pd.DataFrame, alpha: float, min_delta: float, floors: Floors | None = None) -> pd.Series:
+    """The total change is a discovery: q < alpha, |delta| > min_delta and p under the floor."""
+    return (rows["q_value"] < alpha) & (rows["delta"].abs() > min_delta) & under_floor(rows, "p_value", "trials",
+                                                                                         floors)
 
 
-def computed(rows: pd.DataFrame, alpha: float, min_delta: float) -> pd.Series:
-    """The computed part is a discovery: q_computed < alpha and |delta_computed| > min_delta."""
-    return (rows["q_computed"] < alpha) & (rows["delta_computed"].abs() > min_delta)
+def computed(rows: pd.DataFrame, alpha: float, min_delta: float, floors: Floors | None = None) -> pd.Series:
+    """The computed part is a discovery: q_computed < alpha, |delta_computed| > min_delta and
+    p_computed under the floor."""
+    return ((rows["q_computed"] < alpha) & (rows["delta_computed"].abs() > min_delta)
+            & under_floor(rows, "p_computed", "trials", floors))
 
 
-def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame:
+def edges(effects: pd.DataFrame, alpha: float, min_delta: float, floors: Floors | None = None) -> pd.DataFrame:
     """Real rows whose total change is a discovery (run-wide q < alpha and |delta| > min_delta),
     each with the forced and the generated delta and q of its (source, condition, target) beside
     it. `kind`: `computed` where the computed part is a discovery too (q_computed < alpha and
@@ -52,9 +69,11 @@ def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame
     target, scope and sign: a move of the residual as large, along a line that is not the
     feature's, does the same. `general` where the computed part is a discovery across prompts
     too (q_prompts < alpha over the prompts' means): a claim about prompts like these, where
-    q_value and q_computed are claims about these prompts' trials."""
+    q_value and q_computed are claims about these prompts' trials. Each claim also needs its p
+    under its scope's placebo floor at its level (`floors`: effects.placebo; none where a scope
+    has no placebo)."""
     real = effects[effects["control"] == "real"]
-    e = real[significant(real, alpha, min_delta)]
+    e = real[significant(real, alpha, min_delta, floors)]
     for scope in ("forced", "generated"):
         side = real[real["scope"] == scope][EDGE_KEY + ["delta", "q_value"]]
         e = e.merge(side.rename(columns={"delta": f"delta_{scope}", "q_value": f"q_{scope}"}), on=EDGE_KEY, how="left")
@@ -62,13 +81,14 @@ def edges(effects: pd.DataFrame, alpha: float, min_delta: float) -> pd.DataFrame
         ran = side[EDGE_KEY[:3]].drop_duplicates().assign(_ran=True)
         ran_here = e[EDGE_KEY[:3]].merge(ran, on=EDGE_KEY[:3], how="left")["_ran"].eq(True).to_numpy()
         e[f"delta_{scope}"] = e[f"delta_{scope}"].mask(e[f"delta_{scope}"].isna().to_numpy() & ran_here, 0.0)
-    rand = effects[(effects["control"] == "random") & computed(effects, alpha, min_delta)]
+    rand = effects[(effects["control"] == "random") & computed(effects, alpha, min_delta, floors)]
     rand = rand.assign(condition=rand["condition"].str.removeprefix("random:"), sign=np.sign(rand["delta_computed"]))
     hit = e.assign(sign=np.sign(e["delta_computed"])).merge(rand[EDGE_KEY + ["scope", "sign"]].drop_duplicates(),
                                                             on=EDGE_KEY + ["scope", "sign"], how="left", indicator=True)
-    kind = np.where(computed(e, alpha, min_delta), "computed",
+    kind = np.where(computed(e, alpha, min_delta, floors), "computed",
                     np.where(e["delta_computed"].isna(), "total", "passthrough"))
-    general = (e["q_prompts"] < alpha) & (e["delta_computed"].abs() > min_delta)
+    general = ((e["q_prompts"] < alpha) & (e["delta_computed"].abs() > min_delta)
+               & under_floor(e, "p_prompts", "prompts", floors))
     e = e.assign(kind=pd.Categorical(kind, categories=KINDS), nonspecific=(hit["_merge"] == "both").to_numpy(),
                  general=general.to_numpy())
     e = e.sort_values(["q_value", "delta"], key=lambda s: s.abs() if s.name == "delta" else s, ascending=[True, False])

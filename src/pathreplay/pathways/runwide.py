@@ -33,7 +33,7 @@ from ..features import feature_name
 from ..io import read_table
 from ..stats.multiple import ks_uniform
 from .checks import NULL_COLUMNS, UPSTREAM_COLUMNS, null_summary, upstream_summary
-from .edges import edges, run_wide
+from .edges import Floors, edges, run_wide, under_floor
 
 NULL_KEYS = ["source_layer", "source_feature", "control", "scope"]
 UP_KEYS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer"]
@@ -190,8 +190,8 @@ def runs(frame: pd.DataFrame, keys: list[str]) -> Runs:
     return Runs(None, starts, group, starts[np.unique(group, return_index=True)[1]])
 
 
-def null_rows(f: pd.DataFrame, rw: RunWide, rwc: RunWide, alpha: float, min_delta: float
-              ) -> tuple[pd.DataFrame, list[dict]]:
+def null_rows(f: pd.DataFrame, rw: RunWide, rwc: RunWide, alpha: float, min_delta: float,
+              floors: Floors | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """One file's null_summary rows and their keys in the file's dtypes: q < alpha only where
     p < alpha (q >= p); min q = q of the smallest p (q rises with p); counts per run, summed."""
     codes, labels = codes_of(f["control"])
@@ -205,6 +205,8 @@ def null_rows(f: pd.DataFrame, rw: RunWide, rwc: RunWide, alpha: float, min_delt
     sig_c = np.zeros(len(f), bool)
     sig_c[cand_c] = rwc.q(labels, codes[cand_c], pc[cand_c]) < alpha
     big_c = np.abs(f["delta_computed"].to_numpy()) > min_delta
+    sig &= under_floor(f, "p_value", "trials", floors)
+    sig_c &= under_floor(f, "p_computed", "trials", floors)
     r = runs(f, NULL_KEYS)
     tested = ~np.isnan(p)
     tests, below = r.reduce(tested, np.add), r.reduce(p < alpha, np.add)
@@ -318,7 +320,7 @@ def _source(path: str) -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
     """Pass 2 of one effects file: its null rows (keys, values) and the rows edges reads, with q."""
     rw, rwc, rwp, alpha, min_delta = _RUN["rw"], _RUN["rwc"], _RUN["rwp"], _RUN["alpha"], _RUN["min_delta"]
     f = read_table(path, PASS2_COLUMNS)
-    keys, rows = null_rows(f, rw, rwc, alpha, min_delta)
+    keys, rows = null_rows(f, rw, rwc, alpha, min_delta, _RUN["floors"])
     part = take_rows(path, f, edge_rows(f, rw, rwc, alpha, min_delta))
     codes, labels = codes_of(part["control"])
     return keys, rows, part.assign(q_value=rw.q(labels, codes, part["p_value"].to_numpy(float)),
@@ -340,20 +342,20 @@ def _each(fn: Callable, paths: Sequence[str], workers: int) -> Iterable:
 
 
 def run_tables(effects: Sequence[str | Path], upstream: Sequence[str | Path], alpha: float,
-               min_delta: float, workers: int = 1) -> RunTables:
-    """pathways' run-wide edges, null_summary and upstream_summary over the files: pass 1 over
-    the effects files (families), then pass 2 file by file (`workers` processes) and the
-    upstream files."""
+               min_delta: float, workers: int = 1, floors: Floors | None = None) -> RunTables:
+    """pathways' run-wide edges, null_summary and upstream_summary over the files (claims held
+    to the placebo `floors` too): pass 1 over the effects files (families), then pass 2 file by
+    file (`workers` processes) and the upstream files."""
     rw, rwc, rwp = (families(effects, col) for col in ("p_value", "p_computed", "p_prompts"))
-    _RUN.update(rw=rw, rwc=rwc, rwp=rwp, alpha=alpha, min_delta=min_delta)
+    _RUN.update(rw=rw, rwc=rwc, rwp=rwp, alpha=alpha, min_delta=min_delta, floors=floors)
     try:
         if rw.files:
             done = list(_each(_source, rw.files, workers))
-            e = edges(pd.concat([d[2] for d in done], ignore_index=True), alpha, min_delta)
+            e = edges(pd.concat([d[2] for d in done], ignore_index=True), alpha, min_delta, floors)
             null = in_group_order([d[0] for d in done], [d[1] for d in done], NULL_COLUMNS)
         else:
             none = run_wide(pd.DataFrame(columns=COLUMNS))
-            e, null = edges(none, alpha, min_delta), null_summary(none, alpha, min_delta)
+            e, null = edges(none, alpha, min_delta, floors), null_summary(none, alpha, min_delta, floors)
         ups = [u for u in _each(_upstream, [str(p) for p in upstream], workers) if u is not None]
     finally:
         _RUN.clear()
