@@ -210,12 +210,15 @@ def test_killed_shard_alone_reruns(run):
     rewind_to_shard(run, "s001")
     cmd = SNAKEMAKE + ["--directory", str(run), "--configfile", str(run / "config.yaml"), "--cores", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The job's log (rewind_to_shard removed it) is opened once its imports are done; from there
+    # to its outputs lie the model's loading and the whole replay, so the kill lands mid-run
+    # however busy the machine: no wait here is a timing.
+    log = run / "results/logs/replay_patched/s001.log"
     deadline = time.time() + 1200  # a generous bound: a busy machine only makes the job start later
     victims: list[int] = []
-    while time.time() < deadline and not victims and proc.poll() is None:
+    while time.time() < deadline and not (victims and log.exists()) and proc.poll() is None:
         time.sleep(0.05)
         victims = _job_pids(proc.pid, "replay_patched.py")
-    time.sleep(1.0)  # well inside the job (model loading alone takes longer), before any output
     assert victims, "the replay job's process was not found"
     for pid in victims:  # the job dies mid-run, as on an out-of-memory kill; Snakemake lives on
         os.kill(pid, signal.SIGKILL)

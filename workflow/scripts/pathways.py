@@ -1,5 +1,6 @@
 import logging
 
+from pathreplay.effects.placebo import read_floors
 from pathreplay.io import read_table, read_tables, write_table
 from pathreplay.pathways.checks import (
     annotate,
@@ -16,8 +17,7 @@ from pathreplay.workflow import run_script
 
 def main(sm):
     st = sm.params.stats
-    f = read_table(sm.input.placebo_floors)
-    floors = dict(zip(zip(f["scope"], f["level"]), f["floor"].astype(float)))
+    floors = read_floors(sm.input.placebo_floors)
     # file by file; pass 2 in the rule's threads (forked processes)
     run = run_tables(sm.input.effects, sm.input.upstream, st["alpha"], st["min_delta"], workers=int(sm.threads or 1),
                      floors=floors)

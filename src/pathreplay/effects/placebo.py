@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..io import read_table
 from ..replay.plan import PLACEBO, stable_seed
 from .codes import dense
 from .columns import SharedSides, contrast_columns
@@ -35,6 +36,7 @@ PLACEBO_COLUMNS = ["prompt_set", "split", "scope", "target_layer", "target_featu
 FLOOR_COLUMNS = ["scope", "level", "splits", "fwer", "rank", "floor", "min_p_median"]
 LEVELS = {"trials": "p_value", "prompts": "p_prompts"}  # level -> the placebo's p column
 CHECK, CALIBRATION = "placebo split", "placebo calibration"  # the two sets' seed labels
+Floors = Mapping[tuple[str, str], float]  # (scope, level) -> a claim there needs p < this
 
 
 def split_pairs(baseline: pd.DataFrame, prompts: Sequence[str], split: int, seed: int, label: str = CHECK) -> Pairs:
@@ -126,3 +128,9 @@ def placebo_floors(minima: pd.DataFrame, splits: int, fwer: float) -> pd.DataFra
         rows.append({"scope": scope, "level": level, "splits": splits, "fwer": fwer, "rank": j + 1,
                      "floor": float(m[j]) if j < len(m) else 1.0, "min_p_median": float(np.median(m))})
     return pd.DataFrame(rows, columns=FLOOR_COLUMNS)
+
+
+def read_floors(path: str) -> Floors:
+    """placebo_floors' table as Floors: (scope, level) -> floor."""
+    f = read_table(path)
+    return dict(zip(zip(f["scope"], f["level"]), f["floor"].astype(float)))

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..effects.placebo import LEVELS, Floors
 from ..features import feature_name
 from ..replay.plan import control_of
 from ..stats.multiple import ks_uniform
-from .edges import Floors, under_floor
+from .edges import under_floor
 
 NULL_COLUMNS = ["source", "contrast", "scope", "tests", "discoveries", "discoveries_within_source",
                 "discoveries_computed", "min_q", "max_abs_delta", "p_below_alpha", "ks", "ks_p"]
@@ -169,7 +170,7 @@ def placebo_summary(placebo: pd.DataFrame, cutoffs: dict[str, float], alpha: flo
 
     rows = []
     for scope, g in placebo.groupby("scope", sort=True):
-        for level, col in (("trials", "p_value"), ("prompts", "p_prompts")):
+        for level, col in LEVELS.items():
             floor = (floors or {}).get((scope, level), np.inf)
             per = []
             for _, s in g.groupby("split", sort=True):

@@ -3,12 +3,11 @@ and generated deltas side by side and the random control's verdict, and chains w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 
 from ..effects.layers import COLUMNS
+from ..effects.placebo import Floors
 from ..features import feature_name
 from ..stats.multiple import bh_with_controls
 
@@ -20,9 +19,6 @@ CHAIN_COLUMNS = ["path", "scope", "condition", "hops", "a", "mids", "c", "delta_
 
 
 KINDS = ("computed", "passthrough", "total")  # what an edge is: see edges
-
-Floors = Mapping[tuple[str, str], float]  # (scope, level) -> a claim there needs p < this (effects.placebo)
-
 
 def under_floor(rows: pd.DataFrame, column: str, level: str, floors: Floors | None) -> np.ndarray:
     """Rows whose p (`column`) is under their scope's placebo floor at `level` (`trials`,

@@ -29,11 +29,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..effects.layers import COLUMNS
+from ..effects.placebo import Floors
 from ..features import feature_name
 from ..io import read_table
 from ..stats.multiple import ks_uniform
 from .checks import NULL_COLUMNS, UPSTREAM_COLUMNS, null_summary, upstream_summary
-from .edges import Floors, edges, run_wide, under_floor
+from .edges import edges, run_wide, under_floor
 
 NULL_KEYS = ["source_layer", "source_feature", "control", "scope"]
 UP_KEYS = ["source_layer", "source_feature", "condition", "control", "scope", "target_layer"]

@@ -69,7 +69,7 @@ def _controls(null: pd.DataFrame, upstream: pd.DataFrame, section: str) -> list[
         out.append(_row(f"placebo ({r.level} level)", f"mean share of p < alpha {r.p_below_alpha:.3f} over {r.splits} "
                         f"re-splits (95th percentile {r.p_below_alpha_p95:.3f}); {r.splits_with_discoveries} splits "
                         f"with a discovery at the real cutoff {r.cutoff:.2g}"
-                        + (f" and under the floor {r.floor:.2g}" if r.floor == r.floor else ""), section))
+                        + (f" and under the floor {r.floor:.2g}" if pd.notna(r.floor) else ""), section))
     by = null.groupby("contrast")["discoveries_computed"].sum() if len(null) else pd.Series(dtype=float)
     out.append(_row("random control", f"{int(by.get('random', 0))} computed discoveries against the real "
                     f"conditions' {int(by.get('real', 0))}", section))
